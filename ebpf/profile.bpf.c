@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * prof's one BPF program. It is attached to every (CPU, event) perf event through a BPF perf
+ * link whose bpf_cookie says which event fired and which stacks to take (see profile.h). It
+ * counts samples in the kernel, keyed by process and stack ids, weighted by the sample period.
+ *
+ * Two small raw tracepoint programs keep the target set (`targets`) current when prof records
+ * a command or a list of pids: children forked by a target join it, and a target's tgid leaves
+ * it when the process exits, so that a reused pid is not profiled by mistake.
+ */
+#include <linux/bpf.h>
+#include <linux/bpf_perf_event.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#include "profile.h"
+
+#define EEXIST 17
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by userspace before load: non-zero means only tgids in `targets` are sampled. */
+const volatile __u8 filter_tgids = 0;
+
+/*
+ * The ABI shared with Rust as clang produced it for the BPF target: struct sizes and offsets
+ * and the constants of profile.h. The Rust test `bpf::tests::abi_matches_the_bpf_object`
+ * reads these from the object file; the program never does.
+ */
+#define ABI(name, value) const volatile __u64 abi_##name = (value)
+ABI(sample_key_size, sizeof(struct sample_key));
+ABI(sample_key_tgid, __builtin_offsetof(struct sample_key, tgid));
+ABI(sample_key_event, __builtin_offsetof(struct sample_key, event));
+ABI(sample_key_user_stack_id, __builtin_offsetof(struct sample_key, user_stack_id));
+ABI(sample_key_kernel_stack_id, __builtin_offsetof(struct sample_key, kernel_stack_id));
+ABI(sample_value_size, sizeof(struct sample_value));
+ABI(sample_value_samples, __builtin_offsetof(struct sample_value, samples));
+ABI(sample_value_period, __builtin_offsetof(struct sample_value, period));
+ABI(max_stack_depth, PROF_MAX_STACK_DEPTH);
+ABI(max_events, PROF_MAX_EVENTS);
+ABI(cookie_event_mask, PROF_COOKIE_EVENT_MASK);
+ABI(cookie_user_stack, PROF_COOKIE_USER_STACK);
+ABI(cookie_kernel_stack, PROF_COOKIE_KERNEL_STACK);
+ABI(stack_not_taken, (__u64)(__s64)PROF_STACK_NOT_TAKEN);
+ABI(stat_count, PROF_STAT_COUNT);
+ABI(stat_collisions, PROF_STAT_COLLISIONS);
+ABI(stat_no_stack, PROF_STAT_NO_STACK);
+ABI(stat_map_full, PROF_STAT_MAP_FULL);
+ABI(global_forks_untracked, PROF_GLOBAL_FORKS_UNTRACKED);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, PROF_MAX_STACK_DEPTH * sizeof(__u64));
+	__uint(max_entries, 16384); /* --stack-storage-size */
+} stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sample_key);
+	__type(value, struct sample_value);
+	__uint(max_entries, 65536); /* --counts-map-size */
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, (PROF_MAX_EVENTS + 1) * PROF_STAT_COUNT);
+} stats SEC(".maps");
+
+static __always_inline void bump(__u32 row, __u32 stat)
+{
+	__u32 index = row * PROF_STAT_COUNT + stat;
+	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
+
+	if (counter)
+		*counter += 1; /* per-CPU slot: no other writer */
+}
+
+static __always_inline int stack_missing(__s32 id)
+{
+	return id < 0 && id != -EEXIST;
+}
+
+SEC("perf_event")
+int on_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 event = cookie & PROF_COOKIE_EVENT_MASK;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct sample_value *value;
+
+	if (event >= PROF_MAX_EVENTS)
+		return 0;
+	if (filter_tgids && !bpf_map_lookup_elem(&targets, &tgid))
+		return 0;
+
+	struct sample_key key = {
+		.tgid = tgid,
+		.event = event,
+		.user_stack_id = PROF_STACK_NOT_TAKEN,
+		.kernel_stack_id = PROF_STACK_NOT_TAKEN,
+	};
+	if (cookie & PROF_COOKIE_USER_STACK)
+		key.user_stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	if (cookie & PROF_COOKIE_KERNEL_STACK)
+		key.kernel_stack_id = bpf_get_stackid(ctx, &stacks, 0);
+
+	bump(event, PROF_STAT_SAMPLES);
+	if (key.user_stack_id == -EEXIST || key.kernel_stack_id == -EEXIST)
+		bump(event, PROF_STAT_COLLISIONS);
+	else if (stack_missing(key.user_stack_id) && stack_missing(key.kernel_stack_id))
+		bump(event, PROF_STAT_NO_STACK);
+
+	value = bpf_map_lookup_elem(&counts, &key);
+	if (!value) {
+		struct sample_value zero = {};
+		long err = bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
+
+		/* -EEXIST: another CPU inserted the same key first; use theirs. */
+		if (err && err != -EEXIST) {
+			bump(event, PROF_STAT_MAP_FULL);
+			return 0;
+		}
+		value = bpf_map_lookup_elem(&counts, &key);
+		if (!value)
+			return 0;
+	}
+	__sync_fetch_and_add(&value->samples, 1);
+	__sync_fetch_and_add(&value->period, ctx->sample_period);
+	return 0;
+}
+
+/* Only the fields we read; CO-RE relocates their offsets against the running kernel's BTF. */
+struct task_struct {
+	int pid;
+	int tgid;
+} __attribute__((preserve_access_index));
+
+/* sched_process_fork(struct task_struct *parent, struct task_struct *child), in the parent. */
+SEC("raw_tp/sched_process_fork")
+int on_process_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 child_tgid;
+	__u8 one = 1;
+
+	if (!bpf_map_lookup_elem(&targets, &parent_tgid))
+		return 0;
+	child_tgid = BPF_CORE_READ(child, tgid);
+	if (child_tgid == parent_tgid) /* a new thread, already covered */
+		return 0;
+	if (bpf_map_update_elem(&targets, &child_tgid, &one, BPF_ANY))
+		bump(PROF_GLOBAL_ROW, PROF_GLOBAL_FORKS_UNTRACKED);
+	return 0;
+}
+
+/* sched_process_exit(struct task_struct *p, ...), in the exiting task. */
+SEC("raw_tp/sched_process_exit")
+int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+
+	/* The group leader's exit ends the process as far as a later pid reuse is concerned. */
+	if ((__u32)pid_tgid == tgid)
+		bpf_map_delete_elem(&targets, &tgid);
+	return 0;
+}

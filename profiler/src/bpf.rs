@@ -1,0 +1,410 @@
+//! The BPF side: load the embedded program, size its maps, keep the target set, link the
+//! program to every (CPU, event) perf event with a cookie, and read its maps and counters.
+//!
+//! In: a [`BpfConfig`], the events and CPUs to sample, the target tgids. Out: the `counts`
+//! entries ([`SampleKey`] → [`SampleValue`]), stacks by id, and the in-kernel counters
+//! ([`KernelStats`]). The layouts here mirror `ebpf/profile.h`; the test at the bottom checks
+//! them against the compiled object.
+
+use std::io;
+use std::os::fd::AsFd;
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, StackTraceMap};
+use aya::programs::{PerfEvent, ProgramError, RawTracePoint};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use thiserror::Error;
+
+use crate::events::{Event, MAX_EVENTS};
+use crate::perf::{PerfError, PerfLink, Sampling, SamplingEvent};
+
+/// The compiled `ebpf/profile.bpf.c`, built by `build.rs`.
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profile.bpf.o"));
+
+/// Deepest stack the kernel hands over (`PROF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+/// Cookie bits 0..15: the event's index (`PROF_COOKIE_EVENT_MASK`).
+pub const COOKIE_EVENT_MASK: u64 = 0xffff;
+/// Cookie bit: take the user stack (`PROF_COOKIE_USER_STACK`).
+pub const COOKIE_USER_STACK: u64 = 1 << 32;
+/// Cookie bit: take the kernel stack (`PROF_COOKIE_KERNEL_STACK`).
+pub const COOKIE_KERNEL_STACK: u64 = 1 << 33;
+/// Stack id of a stack that was not asked for (`PROF_STACK_NOT_TAKEN`).
+pub const STACK_NOT_TAKEN: i32 = -1000;
+/// Counters per event row in `stats` (`PROF_STAT_COUNT`).
+const STAT_COUNT: u32 = 4;
+const STAT_SAMPLES: u32 = 0;
+const STAT_COLLISIONS: u32 = 1;
+const STAT_NO_STACK: u32 = 2;
+const STAT_MAP_FULL: u32 = 3;
+/// Row of `stats` for counters not tied to an event (`PROF_GLOBAL_ROW`).
+const GLOBAL_ROW: u32 = MAX_EVENTS as u32;
+const GLOBAL_FORKS_UNTRACKED: u32 = 0;
+
+/// Key of the `counts` map (`struct sample_key`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SampleKey {
+    /// The sampled process.
+    pub tgid: u32,
+    /// Index of the event in the recording.
+    pub event: u32,
+    /// Id in the stack map, or a negative errno, or [`STACK_NOT_TAKEN`].
+    pub user_stack_id: i32,
+    /// Likewise for the kernel stack.
+    pub kernel_stack_id: i32,
+}
+
+/// Value of the `counts` map (`struct sample_value`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SampleValue {
+    /// Number of samples.
+    pub samples: u64,
+    /// Sum of the sample periods: the estimated number of events.
+    pub period: u64,
+}
+
+// SAFETY: both are repr(C) structs of plain integers without padding (checked against the
+// BPF object by `abi_matches_the_bpf_object`), so any bit pattern is a valid value.
+unsafe impl aya::Pod for SampleKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SampleValue {}
+
+/// The cookie of the link for event `index`: the index plus which stacks to take.
+pub fn cookie(index: usize, event: &Event) -> u64 {
+    let mut cookie = index as u64 & COOKIE_EVENT_MASK;
+    if event.modifiers.user {
+        cookie |= COOKIE_USER_STACK;
+    }
+    if event.modifiers.kernel {
+        cookie |= COOKIE_KERNEL_STACK;
+    }
+    cookie
+}
+
+/// How to load the program.
+#[derive(Clone, Copy, Debug)]
+pub struct BpfConfig {
+    /// Sample only the tgids in the target set (commands and `-p`), instead of everything.
+    pub filter_tgids: bool,
+    /// Entries of the stack map (`--stack-storage-size`).
+    pub stack_storage_size: u32,
+    /// Entries of the counts map (`--counts-map-size`).
+    pub counts_map_size: u32,
+}
+
+/// What went wrong on the BPF side.
+#[derive(Debug, Error)]
+pub enum BpfError {
+    /// Loading the object (creating maps, relocating) failed.
+    #[error("loading the BPF object failed")]
+    Load(#[from] EbpfError),
+    /// Loading or attaching a program failed.
+    #[error("BPF program `{program}`")]
+    Program {
+        /// The program's name.
+        program: &'static str,
+        /// The aya error.
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("BPF map `{map}`")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// The aya error.
+        source: MapError,
+    },
+    /// A perf syscall failed.
+    #[error(transparent)]
+    Perf(#[from] PerfError),
+}
+
+impl BpfError {
+    /// The errno underneath, where there is one (to tell permission problems apart).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        use std::error::Error as _;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = self.source();
+        if let BpfError::Perf(err) = self {
+            return Some(err.io_error());
+        }
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<io::Error>() {
+                return Some(io);
+            }
+            source = err.source();
+        }
+        None
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { map, source }
+}
+
+fn program_err(program: &'static str) -> impl FnOnce(ProgramError) -> BpfError {
+    move |source| BpfError::Program { program, source }
+}
+
+/// In-kernel counters of one event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Samples that passed the target filter.
+    pub samples: u64,
+    /// Samples whose stack collided with another in the stack map.
+    pub collisions: u64,
+    /// Samples for which no stack could be taken.
+    pub no_stack: u64,
+    /// Samples dropped because the counts map was full.
+    pub map_full: u64,
+}
+
+/// All in-kernel counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// One per event, in recording order.
+    pub events: Vec<EventStats>,
+    /// Children of targets that could not join the target set.
+    pub forks_untracked: u64,
+}
+
+const SAMPLE_PROGRAM: &str = "on_sample";
+const FORK_PROGRAM: &str = "on_process_fork";
+const EXIT_PROGRAM: &str = "on_process_exit";
+
+/// The loaded program, its maps, and the links that attach it.
+#[derive(Debug)]
+pub struct BpfProfiler {
+    ebpf: Ebpf,
+    links: Vec<PerfLink>,
+}
+
+impl BpfProfiler {
+    /// Loads the program with `config` applied (globals and map sizes are set before load).
+    pub fn load(config: &BpfConfig) -> Result<BpfProfiler, BpfError> {
+        let filter = u8::from(config.filter_tgids);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("filter_tgids", &filter, true)
+            .map_max_entries("stacks", config.stack_storage_size)
+            .map_max_entries("counts", config.counts_map_size)
+            .load(PROGRAM_OBJECT)?;
+        let program: &mut PerfEvent = ebpf
+            .program_mut(SAMPLE_PROGRAM)
+            .expect("the object defines on_sample")
+            .try_into()
+            .map_err(program_err(SAMPLE_PROGRAM))?;
+        program.load().map_err(program_err(SAMPLE_PROGRAM))?;
+        Ok(BpfProfiler {
+            ebpf,
+            links: Vec::new(),
+        })
+    }
+
+    /// Adds processes to the target set.
+    pub fn add_targets(&mut self, tgids: &[u32]) -> Result<(), BpfError> {
+        let mut targets: HashMap<&mut MapData, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("targets")
+                .expect("the object defines targets"),
+        )
+        .map_err(map_err("targets"))?;
+        for &tgid in tgids {
+            targets.insert(tgid, 1, 0).map_err(map_err("targets"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes children forked by targets join the target set, and exited targets leave it.
+    pub fn follow_forks(&mut self) -> Result<(), BpfError> {
+        for (program, tracepoint) in [
+            (FORK_PROGRAM, "sched_process_fork"),
+            (EXIT_PROGRAM, "sched_process_exit"),
+        ] {
+            let raw: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(program)
+                .expect("the object defines the fork and exit programs")
+                .try_into()
+                .map_err(program_err(program))?;
+            raw.load().map_err(program_err(program))?;
+            raw.attach(tracepoint).map_err(program_err(program))?;
+        }
+        Ok(())
+    }
+
+    /// Opens `event` on each CPU and links the program to it, with the cookie for `index`.
+    /// The events stay disabled until [`BpfProfiler::enable`].
+    pub fn attach(
+        &mut self,
+        index: usize,
+        event: &Event,
+        sampling: Sampling,
+        cpus: &[u32],
+    ) -> Result<(), BpfError> {
+        assert!(
+            index < MAX_EVENTS,
+            "events are limited to MAX_EVENTS when parsed"
+        );
+        let program: &PerfEvent = self
+            .ebpf
+            .program(SAMPLE_PROGRAM)
+            .expect("the object defines on_sample")
+            .try_into()
+            .map_err(program_err(SAMPLE_PROGRAM))?;
+        let fd = program.fd().map_err(program_err(SAMPLE_PROGRAM))?;
+        for &cpu in cpus {
+            let perf_event = match SamplingEvent::open(event, sampling, cpu) {
+                Ok(perf_event) => perf_event,
+                // The CPU went offline since we listed them, as bcc's profile tolerates.
+                Err(err) if err.io_error().raw_os_error() == Some(libc::ENODEV) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            self.links
+                .push(perf_event.link(event, fd.as_fd(), cookie(index, event))?);
+        }
+        Ok(())
+    }
+
+    /// Starts sampling on every attached event.
+    pub fn enable(&mut self) -> Result<(), BpfError> {
+        for link in &mut self.links {
+            link.enable()?;
+        }
+        Ok(())
+    }
+
+    /// How many (CPU, event) links are attached.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Stops sampling: closes every link and perf event. The maps stay readable.
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    /// Reads the in-kernel counters of the first `events` events, summed over CPUs.
+    pub fn stats(&self, events: usize) -> Result<KernelStats, BpfError> {
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("stats").expect("the object defines stats"))
+                .map_err(map_err("stats"))?;
+        let read = |row: u32, stat: u32| -> Result<u64, BpfError> {
+            let values = stats
+                .get(&(row * STAT_COUNT + stat), 0)
+                .map_err(map_err("stats"))?;
+            Ok(values.iter().sum())
+        };
+        let mut result = KernelStats::default();
+        for row in 0..events as u32 {
+            result.events.push(EventStats {
+                samples: read(row, STAT_SAMPLES)?,
+                collisions: read(row, STAT_COLLISIONS)?,
+                no_stack: read(row, STAT_NO_STACK)?,
+                map_full: read(row, STAT_MAP_FULL)?,
+            });
+        }
+        result.forks_untracked = read(GLOBAL_ROW, GLOBAL_FORKS_UNTRACKED)?;
+        Ok(result)
+    }
+
+    /// Every entry of the counts map.
+    pub fn counts(&self) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
+        let counts: HashMap<&MapData, SampleKey, SampleValue> =
+            HashMap::try_from(self.ebpf.map("counts").expect("the object defines counts"))
+                .map_err(map_err("counts"))?;
+        counts
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err("counts"))
+    }
+
+    /// The stack with `id`, innermost frame first; `None` if the id is not in the map.
+    pub fn stack(&self, id: u32) -> Result<Option<Vec<u64>>, BpfError> {
+        let stacks: StackTraceMap<&MapData> =
+            StackTraceMap::try_from(self.ebpf.map("stacks").expect("the object defines stacks"))
+                .map_err(map_err("stacks"))?;
+        match stacks.get(&id, 0) {
+            Ok(trace) => Ok(Some(trace.frames().iter().map(|frame| frame.ip).collect())),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(BpfError::Map {
+                map: "stacks",
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::*;
+
+    /// Reads `abi_<name>` from the compiled BPF object's .rodata.
+    fn abi(name: &str) -> u64 {
+        let file = object::File::parse(PROGRAM_OBJECT).expect("the BPF object is ELF");
+        let symbol = file
+            .symbols()
+            .find(|s| s.name() == Ok(&format!("abi_{name}")))
+            .unwrap_or_else(|| panic!("abi_{name} is in the object"));
+        let section = file
+            .section_by_index(symbol.section_index().unwrap())
+            .unwrap();
+        let data = section.data().unwrap();
+        let at = symbol.address() as usize;
+        u64::from_le_bytes(data[at..at + 8].try_into().unwrap())
+    }
+
+    /// The Rust twins of the BPF structs and constants match what clang built for the BPF
+    /// target, field by field.
+    #[test]
+    fn abi_matches_the_bpf_object() {
+        let expect = |name: &str, rust: u64| assert_eq!(abi(name), rust, "abi_{name}");
+        expect("sample_key_size", size_of::<SampleKey>() as u64);
+        expect("sample_key_tgid", offset_of!(SampleKey, tgid) as u64);
+        expect("sample_key_event", offset_of!(SampleKey, event) as u64);
+        expect(
+            "sample_key_user_stack_id",
+            offset_of!(SampleKey, user_stack_id) as u64,
+        );
+        expect(
+            "sample_key_kernel_stack_id",
+            offset_of!(SampleKey, kernel_stack_id) as u64,
+        );
+        expect("sample_value_size", size_of::<SampleValue>() as u64);
+        expect(
+            "sample_value_samples",
+            offset_of!(SampleValue, samples) as u64,
+        );
+        expect(
+            "sample_value_period",
+            offset_of!(SampleValue, period) as u64,
+        );
+        expect("max_stack_depth", MAX_STACK_DEPTH as u64);
+        expect("max_events", MAX_EVENTS as u64);
+        expect("cookie_event_mask", COOKIE_EVENT_MASK);
+        expect("cookie_user_stack", COOKIE_USER_STACK);
+        expect("cookie_kernel_stack", COOKIE_KERNEL_STACK);
+        expect("stack_not_taken", i64::from(STACK_NOT_TAKEN) as u64);
+        expect("stat_count", u64::from(STAT_COUNT));
+        expect("stat_collisions", u64::from(STAT_COLLISIONS));
+        expect("stat_no_stack", u64::from(STAT_NO_STACK));
+        expect("stat_map_full", u64::from(STAT_MAP_FULL));
+        expect("global_forks_untracked", u64::from(GLOBAL_FORKS_UNTRACKED));
+    }
+
+    /// Cookies carry the event index and the stacks the modifiers ask for.
+    #[test]
+    fn cookies() {
+        let both = Event::parse("cpu-clock").unwrap();
+        let user = Event::parse("page-faults:u").unwrap();
+        assert_eq!(
+            cookie(3, &both),
+            3 | COOKIE_USER_STACK | COOKIE_KERNEL_STACK
+        );
+        assert_eq!(cookie(1, &user), 1 | COOKIE_USER_STACK);
+    }
+}

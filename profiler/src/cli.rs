@@ -1,0 +1,174 @@
+//! Command-line types (clap only) and their conversion into plain configs.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd::record::{RecordConfig, Target};
+use prof::events;
+use prof::perf::Sampling;
+
+/// A sampling profiler for Linux: perf events counted in the kernel by one eBPF program,
+/// rendered as flame graphs.
+#[derive(Debug, Parser)]
+#[command(name = "prof", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record stacks of a command, of running processes, or of the whole machine.
+    #[command(after_help = RECORD_EXAMPLES)]
+    Record(RecordArgs),
+    /// List the events prof knows and whether each works on this machine.
+    List,
+}
+
+const RECORD_EXAMPLES: &str = "\
+Examples:
+  sudo prof record -- ./app --flag          profile a command (and what it forks)
+  sudo prof record -e cpu-clock,page-faults -o out.svg -- ./app
+                                            one flame graph per event: out.cpu-clock.svg, out.page-faults.svg
+  sudo prof record -p 1234 -d 10 -o app.folded
+                                            10 s of a running process, as collapsed stacks
+  sudo prof record -a -d 5                  the whole machine for 5 s, into prof.svg
+
+Recording stops when the command exits, after --duration, or on Ctrl-C / SIGTERM; the
+outputs are written in every case. prof needs root, or CAP_BPF and CAP_PERFMON.";
+
+/// `prof record` flags.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Events to sample, comma-separated (perf names: cycles, cpu-clock, page-faults,
+    /// LLC-load-misses, r1a8, ...; add :u or :k for user or kernel only). `prof list` shows
+    /// them all. Without a hardware PMU, cycles falls back to cpu-clock.
+    #[arg(
+        short = 'e',
+        long = "event",
+        value_name = "LIST",
+        default_value = "cycles"
+    )]
+    pub events: String,
+
+    /// Samples per second per CPU; the kernel adjusts the period to match [default: 999]
+    #[arg(
+        short = 'F',
+        long = "freq",
+        value_name = "HZ",
+        conflicts_with = "period"
+    )]
+    pub freq: Option<u64>,
+
+    /// Take one sample every N events instead of sampling at a frequency.
+    #[arg(short = 'c', long = "period", value_name = "N")]
+    pub period: Option<u64>,
+
+    /// Sample all CPUs (the default when no command and no pid is given).
+    #[arg(short = 'a', long = "all-cpus")]
+    pub all_cpus: bool,
+
+    /// Sample every thread of these processes (comma-separated), and what they fork.
+    #[arg(short = 'p', long = "pid", value_name = "PID,...", conflicts_with_all = ["all_cpus", "command"], value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Only sample these CPUs, e.g. 0-3,6.
+    #[arg(short = 'C', long = "cpu", value_name = "LIST")]
+    pub cpus: Option<String>,
+
+    /// Stop after this many seconds.
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
+    pub duration: Option<f64>,
+
+    /// Output file; repeat for several. The extension picks the format: .svg (flame graph)
+    /// or .folded (collapsed stacks). With several events, each output is written per event
+    /// as <stem>.<event>.<ext>.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "PATH",
+        default_value = "prof.svg"
+    )]
+    pub outputs: Vec<PathBuf>,
+
+    /// Distinct stacks the kernel can store; raise it when the summary reports collisions.
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    pub stack_storage_size: u32,
+
+    /// Distinct (process, event, stack) entries the kernel can count; raise it when the
+    /// summary reports a full counts map.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
+    pub counts_map_size: u32,
+
+    /// The command to run and profile, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// The default sampling frequency: odd, so it does not beat with periodic work.
+const DEFAULT_FREQ: u64 = 999;
+
+impl RecordArgs {
+    /// Validates the flags and turns them into a [`RecordConfig`].
+    pub fn into_config(self) -> Result<RecordConfig> {
+        let events = events::parse_list(&self.events)?;
+        let sampling = match (self.freq, self.period) {
+            (_, Some(0)) => bail!("-c/--period must be at least 1"),
+            (_, Some(period)) => Sampling::Period(period),
+            (Some(0), _) => bail!("-F/--freq must be at least 1"),
+            (freq, None) => Sampling::Frequency(freq.unwrap_or(DEFAULT_FREQ)),
+        };
+        let duration = match self.duration {
+            None => None,
+            Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+            Some(secs) => bail!("-d/--duration must be a positive number of seconds, not {secs}"),
+        };
+        let target = if !self.command.is_empty() {
+            Target::Command {
+                argv: self.command,
+                all_cpus: self.all_cpus,
+            }
+        } else if !self.pids.is_empty() {
+            Target::Pids(self.pids)
+        } else {
+            Target::AllCpus
+        };
+        if self.stack_storage_size == 0 || self.counts_map_size == 0 {
+            bail!("--stack-storage-size and --counts-map-size must be at least 1");
+        }
+        Ok(RecordConfig {
+            events,
+            sampling,
+            target,
+            cpus: self.cpus,
+            duration,
+            outputs: self.outputs,
+            stack_storage_size: self.stack_storage_size,
+            counts_map_size: self.counts_map_size,
+        })
+    }
+}
+
+/// Parses the command line.
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+impl Cli {
+    /// Runs the chosen subcommand; returns the exit code.
+    pub fn run(self) -> Result<u8> {
+        match self.command {
+            Command::Record(args) => {
+                let config = args.into_config()?;
+                crate::cmd::record::run(config)
+            }
+            Command::List => crate::cmd::list::run(),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The commands: wiring of the library's stages, in order. No stage logic lives here.
+pub mod list;
+pub mod record;

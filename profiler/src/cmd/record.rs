@@ -1,0 +1,378 @@
+//! `prof record`: check the request, set up perf events, the BPF program and the side band,
+//! run until the command exits / the duration ends / a signal arrives, then drain,
+//! symbolize, write the outputs and print the summary.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats};
+use prof::events::{self, Event};
+use prof::export::flamegraph::thousands;
+use prof::export::{self, OutputFile};
+use prof::perf::{self, Sampling};
+use prof::procs::{self, ProcessTable, TimedEvent};
+use prof::profile::Profile;
+use prof::sideband::SideBandReader;
+use prof::symbolize::{EventInfo, Symbolizer};
+use prof::workload::{self, Workload};
+use prof::{cpus, drain, privilege, summary};
+
+/// What to record.
+#[derive(Debug)]
+pub enum Target {
+    /// Every process on the sampled CPUs (`-a`, or nothing given).
+    AllCpus,
+    /// These processes and what they fork (`-p`).
+    Pids(Vec<u32>),
+    /// A command and what it forks; with `all_cpus`, everything while the command runs.
+    Command {
+        /// The command line.
+        argv: Vec<OsString>,
+        /// `-a` was given too.
+        all_cpus: bool,
+    },
+}
+
+/// A validated `prof record` request.
+#[derive(Debug)]
+pub struct RecordConfig {
+    /// Events as requested (before probing).
+    pub events: Vec<Event>,
+    /// Frequency or period.
+    pub sampling: Sampling,
+    /// What to sample.
+    pub target: Target,
+    /// `-C`.
+    pub cpus: Option<String>,
+    /// `-d`.
+    pub duration: Option<Duration>,
+    /// `-o` paths.
+    pub outputs: Vec<PathBuf>,
+    /// `--stack-storage-size`.
+    pub stack_storage_size: u32,
+    /// `--counts-map-size`.
+    pub counts_map_size: u32,
+}
+
+/// Why sampling stopped.
+enum Stop {
+    CommandExited(std::process::ExitStatus),
+    Duration,
+    Signal,
+    TargetsGone,
+}
+
+/// Runs `prof record`; returns the exit code (the command's, in command mode).
+pub fn run(config: RecordConfig) -> Result<u8> {
+    privilege::check("prof record")?;
+    let resolved = events::resolve(&config.events, perf::probe)?;
+    for warning in &resolved.warnings {
+        eprintln!("prof: warning: {warning}");
+    }
+    let events = resolved.events;
+    check_sample_rate(config.sampling)?;
+    let cpus = cpus::select(config.cpus.as_deref())?;
+    if let Target::Pids(pids) = &config.target {
+        for pid in pids {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("no process with pid {pid}; check the pid with `ps -p {pid}`");
+            }
+        }
+    }
+    let parts: Vec<String> = events.iter().map(Event::file_name_part).collect();
+    let files = export::plan(&config.outputs, &parts)?;
+    for file in &files {
+        export::check_writable(&file.path)?;
+    }
+
+    // Ctrl-C and SIGTERM end the recording; a second one ends prof at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+
+    // The side band starts first, so that no fork, exec or mmap of a target is missed.
+    let samplers = cpus
+        .iter()
+        .map(|&cpu| perf::open_side_band(cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    let side_band = SideBandReader::spawn(samplers);
+
+    let mut workload = match &config.target {
+        Target::Command { argv, .. } => Some(Workload::prepare(argv)?),
+        _ => None,
+    };
+    let (filter, targets, snapshot_all) = match &config.target {
+        Target::AllCpus => (false, Vec::new(), true),
+        Target::Pids(pids) => (true, pids.clone(), false),
+        Target::Command { all_cpus, .. } => {
+            let pid = workload.as_ref().map(Workload::pid).into_iter().collect();
+            (!all_cpus, pid, *all_cpus)
+        }
+    };
+    let snapshot_time = procs::monotonic_now();
+    let snapshots = if snapshot_all {
+        procs::snapshot_all()
+    } else {
+        targets
+            .iter()
+            .filter_map(|&pid| procs::snapshot(pid))
+            .collect()
+    };
+
+    let mut bpf = BpfProfiler::load(&BpfConfig {
+        filter_tgids: filter,
+        stack_storage_size: config.stack_storage_size,
+        counts_map_size: config.counts_map_size,
+    })
+    .map_err(with_permission_hint)?;
+    if filter {
+        bpf.add_targets(&targets)?;
+        bpf.follow_forks().map_err(with_permission_hint)?;
+    }
+    for (index, event) in events.iter().enumerate() {
+        bpf.attach(index, event, config.sampling, &cpus)
+            .map_err(with_permission_hint)?;
+    }
+    bpf.enable()?;
+    let started = Instant::now();
+    if let Some(workload) = &mut workload {
+        workload.release()?;
+    }
+
+    let stopped = wait_for_stop(
+        &config,
+        &mut workload,
+        &targets,
+        &bpf,
+        &events,
+        &stop,
+        started,
+    )?;
+    bpf.detach();
+    let duration = started.elapsed();
+    let exit_code = finish_workload(workload, stopped)?;
+
+    let log = side_band.stop();
+    let drained = drain::drain(&bpf, events.len())?;
+    let mut process_events: Vec<TimedEvent> = snapshots
+        .into_iter()
+        .map(|event| TimedEvent {
+            time: snapshot_time,
+            event,
+        })
+        .collect();
+    process_events.extend(log.events);
+    let mut processes = ProcessTable::build(process_events);
+    // Whatever neither source described (e.g. records the kernel dropped) is read now.
+    for sample in &drained.samples {
+        if !processes.knows(sample.tgid)
+            && let Some(snapshot) = procs::snapshot(sample.tgid)
+        {
+            processes.apply(snapshot);
+        }
+    }
+
+    let infos: Vec<EventInfo> = events
+        .iter()
+        .map(|e| EventInfo {
+            name: e.name(),
+            unit: e.unit(),
+        })
+        .collect();
+    let profile = Profile {
+        events: Symbolizer::new().symbolize(&drained, &processes, &infos),
+        duration,
+        forks_untracked: drained.stats.forks_untracked,
+        side_band_lost: log.lost_records,
+    };
+    let written = write_outputs(&files, &profile)?;
+    eprint!("{}", summary::render(&profile, &written));
+    Ok(exit_code)
+}
+
+/// `-F` above `kernel.perf_event_max_sample_rate` is refused by the kernel with a bare
+/// EINVAL; say which sysctl limits it instead.
+fn check_sample_rate(sampling: Sampling) -> Result<()> {
+    let Sampling::Frequency(hz) = sampling else {
+        return Ok(());
+    };
+    let path = "/proc/sys/kernel/perf_event_max_sample_rate";
+    let max: u64 = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    if hz > max {
+        bail!(
+            "-F {hz} is above kernel.perf_event_max_sample_rate ({max}): lower -F, or raise the \
+             limit with `sudo sysctl -w kernel.perf_event_max_sample_rate={hz}`"
+        );
+    }
+    Ok(())
+}
+
+/// Adds the privilege fix to permission errors from the kernel.
+fn with_permission_hint(err: BpfError) -> anyhow::Error {
+    let denied = err.io_error().is_some_and(events::is_permission_error);
+    let err = anyhow::Error::new(err);
+    match privilege::check("prof record") {
+        Err(hint) if denied => err.context(hint.to_string()),
+        _ if denied => err.context(format!(
+            "the kernel refused (kernel.perf_event_paranoid = {}); are BPF and perf events \
+             allowed in this container or VM?",
+            privilege::perf_event_paranoid()
+        )),
+        _ => err,
+    }
+}
+
+fn wait_for_stop(
+    config: &RecordConfig,
+    workload: &mut Option<Workload>,
+    pids: &[u32],
+    bpf: &BpfProfiler,
+    events: &[Event],
+    stop: &AtomicBool,
+    started: Instant,
+) -> Result<Stop> {
+    let mut status = StatusLine::new();
+    let watch_pids = matches!(config.target, Target::Pids(_));
+    let mut last_pid_check = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Stop::Signal);
+        }
+        if config.duration.is_some_and(|d| started.elapsed() >= d) {
+            return Ok(Stop::Duration);
+        }
+        if let Some(workload) = workload
+            && let Some(exit) = workload.try_wait().context("waiting for the command")?
+        {
+            return Ok(Stop::CommandExited(exit));
+        }
+        if watch_pids && last_pid_check.elapsed() >= Duration::from_millis(250) {
+            last_pid_check = Instant::now();
+            if !pids
+                .iter()
+                .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            {
+                return Ok(Stop::TargetsGone);
+            }
+        }
+        status.update(started.elapsed(), || bpf.stats(events.len()).ok(), events);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ends the command if it is still running and returns prof's exit code.
+fn finish_workload(workload: Option<Workload>, stopped: Stop) -> Result<u8> {
+    let Some(mut workload) = workload else {
+        return Ok(0);
+    };
+    let status = match stopped {
+        Stop::CommandExited(status) => status,
+        Stop::Duration | Stop::Signal | Stop::TargetsGone => {
+            workload.terminate();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(status) = workload.try_wait()? {
+                    break status;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "prof: warning: the command ignored SIGTERM for 5 s; not waiting for it"
+                    );
+                    return Ok(1);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    Ok(workload::exit_code(status))
+}
+
+/// Writes every output; an output that fails does not stop the others.
+fn write_outputs(files: &[OutputFile], profile: &Profile) -> Result<Vec<(usize, PathBuf)>> {
+    let mut written = Vec::new();
+    let mut failures = Vec::new();
+    for file in files {
+        match export::write(file, &profile.events[file.event]) {
+            Ok(()) => written.push((file.event, file.path.clone())),
+            Err(err) => failures.push(format!("{:#}", anyhow::Error::new(err))),
+        }
+    }
+    if !failures.is_empty() {
+        eprint!("{}", summary::render(profile, &written));
+        bail!("{}", failures.join("; "));
+    }
+    Ok(written)
+}
+
+/// The live status line on a terminal's stderr, shown once recording has run for a second.
+struct StatusLine {
+    bar: Option<ProgressBar>,
+    enabled: bool,
+    last: Option<Instant>,
+}
+
+impl StatusLine {
+    fn new() -> StatusLine {
+        StatusLine {
+            bar: None,
+            enabled: std::io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    fn update(
+        &mut self,
+        elapsed: Duration,
+        stats: impl FnOnce() -> Option<KernelStats>,
+        events: &[Event],
+    ) {
+        if !self.enabled || elapsed < Duration::from_secs(1) {
+            return;
+        }
+        if self
+            .last
+            .is_some_and(|last| last.elapsed() < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+            bar
+        });
+        let Some(stats) = stats() else { return };
+        let counts: Vec<String> = events
+            .iter()
+            .zip(&stats.events)
+            .map(|(event, stats)| format!("{} {} samples", event.name(), thousands(stats.samples)))
+            .collect();
+        bar.set_message(format!(
+            "recording {:.0} s · {} · Ctrl-C to stop",
+            elapsed.as_secs_f64(),
+            counts.join(" · ")
+        ));
+        bar.tick();
+    }
+}
+
+impl Drop for StatusLine {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

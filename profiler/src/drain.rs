@@ -1,0 +1,112 @@
+//! Drain: read the counts map and resolve stack ids into raw addresses.
+//!
+//! In: the loaded [`BpfProfiler`] after sampling stopped. Out: [`Drained`], one
+//! [`RawSample`] per (process, event, user stack, kernel stack) with raw instruction
+//! pointers, and the kernel's loss counters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::bpf::{BpfError, BpfProfiler, KernelStats, STACK_NOT_TAKEN, SampleKey};
+use crate::profile::Value;
+
+/// A stack as the kernel recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawStack {
+    /// Instruction pointers, innermost first.
+    Frames(Arc<[u64]>),
+    /// Not asked for (the event's modifiers exclude this side).
+    NotTaken,
+    /// `bpf_get_stackid` failed with this negative errno (`-EEXIST`: a collision,
+    /// `-EFAULT`: no stack on this side, e.g. the user stack of a kernel thread).
+    Failed(i32),
+}
+
+impl RawStack {
+    /// The frames, if there are any.
+    pub fn frames(&self) -> &[u64] {
+        match self {
+            RawStack::Frames(frames) => frames,
+            _ => &[],
+        }
+    }
+
+    /// Whether the stack was lost to a stack-map collision.
+    pub fn collided(&self) -> bool {
+        *self == RawStack::Failed(-libc::EEXIST)
+    }
+}
+
+/// One entry of the counts map, with its stacks resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawSample {
+    /// The process.
+    pub tgid: u32,
+    /// Index of the event in the recording.
+    pub event: usize,
+    /// The user stack.
+    pub user: RawStack,
+    /// The kernel stack.
+    pub kernel: RawStack,
+    /// Samples and period sum.
+    pub value: Value,
+}
+
+/// Everything read from the maps.
+#[derive(Clone, Debug, Default)]
+pub struct Drained {
+    /// The samples.
+    pub samples: Vec<RawSample>,
+    /// The in-kernel counters.
+    pub stats: KernelStats,
+}
+
+/// Reads all counts and the stacks they refer to. Each stack id is looked up once.
+pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
+    let stats = bpf.stats(events)?;
+    let mut stacks: HashMap<i32, RawStack> = HashMap::new();
+    let mut samples = Vec::new();
+    for (key, value) in bpf.counts()? {
+        let SampleKey {
+            tgid,
+            event,
+            user_stack_id,
+            kernel_stack_id,
+        } = key;
+        let user = resolve(bpf, &mut stacks, user_stack_id)?;
+        let kernel = resolve(bpf, &mut stacks, kernel_stack_id)?;
+        samples.push(RawSample {
+            tgid,
+            event: event as usize,
+            user,
+            kernel,
+            value: Value {
+                samples: value.samples,
+                period: value.period,
+            },
+        });
+    }
+    Ok(Drained { samples, stats })
+}
+
+fn resolve(
+    bpf: &BpfProfiler,
+    cache: &mut HashMap<i32, RawStack>,
+    id: i32,
+) -> Result<RawStack, BpfError> {
+    if id == STACK_NOT_TAKEN {
+        return Ok(RawStack::NotTaken);
+    }
+    if id < 0 {
+        return Ok(RawStack::Failed(id));
+    }
+    if let Some(stack) = cache.get(&id) {
+        return Ok(stack.clone());
+    }
+    let stack = match bpf.stack(id as u32)? {
+        Some(frames) if !frames.is_empty() => RawStack::Frames(frames.into()),
+        _ => RawStack::Failed(-libc::ENOENT),
+    };
+    cache.insert(id, stack.clone());
+    Ok(stack)
+}

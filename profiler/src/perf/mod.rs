@@ -1,0 +1,225 @@
+//! perf_event setup: the sampling events the BPF program is linked to, the side-band event
+//! that reports process lifecycles and mappings, and availability probes for `prof list`.
+//!
+//! In: [`Event`]s, a sampling rate and CPUs. Out: open (disabled) perf events, links that
+//! carry a cookie (see [`link`]), and side-band ring buffers. All `perf_event_open` calls go
+//! through perf-event2; the one raw `bpf()` call is in [`link`].
+
+pub mod link;
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use perf_event::events::Software;
+use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
+use perf_event_open_sys::bindings::perf_event_attr;
+use thiserror::Error;
+
+use crate::events::Event;
+
+/// How often an event samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampling {
+    /// About this many samples per second per CPU; the kernel adjusts the period (`-F`).
+    Frequency(u64),
+    /// One sample every this many events (`-c`).
+    Period(u64),
+}
+
+/// A failed perf or BPF syscall, naming the call and what it was for.
+#[derive(Debug, Error)]
+pub enum PerfError {
+    /// `perf_event_open` failed for a sampling event.
+    #[error("perf_event_open for `{event}` on CPU {cpu} failed")]
+    Open {
+        /// The event name.
+        event: String,
+        /// The CPU.
+        cpu: u32,
+        /// The errno.
+        source: io::Error,
+    },
+    /// `bpf(BPF_LINK_CREATE)` failed.
+    #[error("bpf(BPF_LINK_CREATE) for `{event}` on CPU {cpu} failed")]
+    Link {
+        /// The event name.
+        event: String,
+        /// The CPU.
+        cpu: u32,
+        /// The errno.
+        source: io::Error,
+    },
+    /// `ioctl(PERF_EVENT_IOC_ENABLE)` failed.
+    #[error("ioctl(PERF_EVENT_IOC_ENABLE) for `{event}` on CPU {cpu} failed")]
+    Enable {
+        /// The event name.
+        event: String,
+        /// The CPU.
+        cpu: u32,
+        /// The errno.
+        source: io::Error,
+    },
+    /// Opening or mapping the side-band event failed.
+    #[error("perf_event_open/mmap of the side-band event on CPU {cpu} failed")]
+    SideBand {
+        /// The CPU.
+        cpu: u32,
+        /// The errno.
+        source: io::Error,
+    },
+}
+
+impl PerfError {
+    /// The underlying errno.
+    pub fn io_error(&self) -> &io::Error {
+        match self {
+            PerfError::Open { source, .. }
+            | PerfError::Link { source, .. }
+            | PerfError::Enable { source, .. }
+            | PerfError::SideBand { source, .. } => source,
+        }
+    }
+}
+
+/// Programs an [`Event`] into a `perf_event_attr`.
+struct Programmed<'a>(&'a Event);
+
+impl perf_event::events::Event for Programmed<'_> {
+    fn update_attrs(self, attr: &mut perf_event_attr) {
+        attr.type_ = self.0.kind.perf_type();
+        attr.config = self.0.config;
+    }
+}
+
+fn builder(event: &Event) -> Builder<'static> {
+    let mut builder = Builder::new(Programmed(event));
+    builder
+        .exclude_user(!event.modifiers.user)
+        .exclude_kernel(!event.modifiers.kernel)
+        .exclude_hv(true);
+    builder
+}
+
+/// Opens `event` as a counting event on the calling process to see whether this machine
+/// supports it. Kernel counting is left out so the probe works without privileges.
+pub fn probe(event: &Event) -> io::Result<()> {
+    let mut builder = builder(event);
+    builder
+        .exclude_kernel(true)
+        .exclude_user(false)
+        .observe_self()
+        .any_cpu();
+    builder.build().map(drop)
+}
+
+/// A sampling perf event on one CPU, for all processes, opened disabled.
+#[derive(Debug)]
+pub struct SamplingEvent {
+    counter: Counter,
+    cpu: u32,
+}
+
+impl SamplingEvent {
+    /// Opens `event` on `cpu` for every process. It stays disabled until [`PerfLink::enable`].
+    pub fn open(event: &Event, sampling: Sampling, cpu: u32) -> Result<SamplingEvent, PerfError> {
+        let mut builder = builder(event);
+        builder.any_pid().one_cpu(cpu as usize).enabled(false);
+        match sampling {
+            Sampling::Frequency(hz) => builder.sample_frequency(hz),
+            Sampling::Period(period) => builder.sample_period(period),
+        };
+        let counter = builder.build().map_err(|source| PerfError::Open {
+            event: event.name(),
+            cpu,
+            source,
+        })?;
+        Ok(SamplingEvent { counter, cpu })
+    }
+
+    /// The CPU this event samples.
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    /// Links the perf_event BPF program `prog` to this event with `cookie`.
+    pub fn link(
+        self,
+        event: &Event,
+        prog: BorrowedFd<'_>,
+        cookie: u64,
+    ) -> Result<PerfLink, PerfError> {
+        let link = link::create(prog, self.counter.as_raw_fd(), cookie).map_err(|source| {
+            PerfError::Link {
+                event: event.name(),
+                cpu: self.cpu,
+                source,
+            }
+        })?;
+        Ok(PerfLink {
+            _link: link,
+            event: self,
+            name: event.name(),
+        })
+    }
+}
+
+/// A perf event with the BPF program linked to it. Dropping it detaches the program and
+/// closes the event.
+#[derive(Debug)]
+pub struct PerfLink {
+    // Field order matters: the link is closed before the event it points at.
+    _link: OwnedFd,
+    event: SamplingEvent,
+    name: String,
+}
+
+impl PerfLink {
+    /// Starts sampling.
+    pub fn enable(&mut self) -> Result<(), PerfError> {
+        self.event
+            .counter
+            .enable()
+            .map_err(|source| PerfError::Enable {
+                event: self.name.clone(),
+                cpu: self.event.cpu,
+                source,
+            })
+    }
+}
+
+/// Size of each CPU's side-band ring buffer. Mappings and process records are small; this
+/// holds tens of thousands of them between two reads.
+const SIDE_BAND_BYTES: usize = 1 << 20;
+
+/// Opens the side-band event on `cpu`: a dummy software event that reports every process's
+/// executable mappings (MMAP2, with build ids where the kernel can), names (COMM), forks and
+/// exits, all timestamped with CLOCK_MONOTONIC so records from different CPUs can be ordered.
+pub fn open_side_band(cpu: u32) -> Result<Sampler, PerfError> {
+    let open = |with_build_id: bool| -> io::Result<Sampler> {
+        let mut builder = Builder::new(Software::DUMMY);
+        builder
+            .any_pid()
+            .one_cpu(cpu as usize)
+            .mmap(true)
+            .mmap2(true)
+            .comm(true)
+            .comm_exec(true)
+            .task(true)
+            .sample_id_all(true)
+            .sample(SampleFlag::TIME)
+            .clockid(Clock::MONOTONIC)
+            .build_id(with_build_id)
+            .enabled(true);
+        builder.build()?.sampled(SIDE_BAND_BYTES)
+    };
+    // Build ids in MMAP2 need Linux 5.12; older kernels give EINVAL, and inode ids do.
+    open(true)
+        .or_else(|err| {
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                open(false)
+            } else {
+                Err(err)
+            }
+        })
+        .map_err(|source| PerfError::SideBand { cpu, source })
+}

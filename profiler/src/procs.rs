@@ -1,0 +1,482 @@
+//! The process table: each sampled process's name and executable mappings, as they were
+//! while it ran, including processes that exited before the recording ended.
+//!
+//! In: timestamped [`ProcessEvent`]s, from two sources: snapshots of `/proc` (processes that
+//! existed when recording started, or that the side band never described) and the side-band
+//! perf records (forks, execs, names, mmaps, exits). Out: a [`ProcessTable`] that maps a
+//! process's address to a file and file offset, which is what symbolization needs once the
+//! process is gone.
+//!
+//! Events are applied in time order, so a snapshot taken while the side band already ran is
+//! neither undone by older records nor overrides newer ones.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use procfs::process::{MMPermissions, MMapPath, Process as ProcProcess};
+
+/// What backs an executable mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// A file, by the path the process saw.
+    File(Arc<Path>),
+    /// The vDSO.
+    Vdso,
+    /// Anonymous executable memory (JIT code) or another pseudo-file.
+    Anonymous,
+}
+
+/// One executable mapping of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// What is mapped.
+    pub backing: Backing,
+    /// The GNU build id, where the kernel reported one.
+    pub build_id: Option<Arc<[u8]>>,
+}
+
+impl Mapping {
+    /// The file offset of `addr`, which must lie in this mapping.
+    pub fn file_offset_of(&self, addr: u64) -> u64 {
+        addr - self.start + self.file_offset
+    }
+}
+
+/// Something that happened to a process, as the side band or `/proc` told it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// A full description read from `/proc`.
+    Snapshot {
+        /// The process.
+        pid: u32,
+        /// Its name.
+        comm: String,
+        /// Its executable mappings.
+        mappings: Vec<Mapping>,
+    },
+    /// A thread or process was created.
+    Fork {
+        /// The new task's process.
+        pid: u32,
+        /// The parent process.
+        ppid: u32,
+        /// The new task.
+        tid: u32,
+    },
+    /// A task changed its name, or exec'd (`exec`), which also replaces the address space.
+    Comm {
+        /// The process.
+        pid: u32,
+        /// The thread.
+        tid: u32,
+        /// The new name.
+        comm: String,
+        /// Whether this came from exec.
+        exec: bool,
+    },
+    /// An executable mapping was created.
+    Mmap {
+        /// The process.
+        pid: u32,
+        /// The mapping.
+        mapping: Mapping,
+    },
+    /// A task exited.
+    Exit {
+        /// The process.
+        pid: u32,
+        /// The thread.
+        tid: u32,
+    },
+}
+
+/// A [`ProcessEvent`] with its CLOCK_MONOTONIC time in nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedEvent {
+    /// When it happened.
+    pub time: u64,
+    /// What happened.
+    pub event: ProcessEvent,
+}
+
+/// One process as the table knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    /// The process name (the main thread's comm).
+    pub comm: Option<String>,
+    /// Executable mappings, sorted by start, not overlapping.
+    pub mappings: Vec<Mapping>,
+    /// Whether the process exited during the recording.
+    pub exited: bool,
+}
+
+impl Process {
+    /// The mapping that contains `addr`.
+    pub fn mapping_of(&self, addr: u64) -> Option<&Mapping> {
+        let index = self.mappings.partition_point(|m| m.end <= addr);
+        self.mappings.get(index).filter(|m| m.start <= addr)
+    }
+
+    fn insert(&mut self, new: Mapping) {
+        let mut kept = Vec::with_capacity(self.mappings.len() + 2);
+        for old in self.mappings.drain(..) {
+            if old.end <= new.start || old.start >= new.end {
+                kept.push(old);
+                continue;
+            }
+            // Keep what the new mapping does not cover, as mmap(MAP_FIXED) would.
+            if old.start < new.start {
+                kept.push(Mapping {
+                    end: new.start,
+                    ..old.clone()
+                });
+            }
+            if old.end > new.end {
+                let skipped = new.end - old.start;
+                kept.push(Mapping {
+                    start: new.end,
+                    file_offset: old.file_offset + skipped,
+                    ..old
+                });
+            }
+        }
+        kept.push(new);
+        kept.sort_by_key(|m| m.start);
+        self.mappings = kept;
+    }
+}
+
+/// Every process prof knows about, by tgid.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessTable {
+    processes: HashMap<u32, Process>,
+}
+
+impl ProcessTable {
+    /// Builds the table by applying `events` in time order.
+    pub fn build(mut events: Vec<TimedEvent>) -> ProcessTable {
+        events.sort_by_key(|e| e.time);
+        let mut table = ProcessTable::default();
+        for event in events {
+            table.apply(event.event);
+        }
+        table
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, event: ProcessEvent) {
+        match event {
+            ProcessEvent::Snapshot {
+                pid,
+                comm,
+                mappings,
+            } => {
+                let process = self.processes.entry(pid).or_default();
+                process.comm = Some(comm);
+                process.mappings = mappings;
+                process.mappings.sort_by_key(|m| m.start);
+            }
+            ProcessEvent::Fork { pid, ppid, tid } => {
+                if pid != tid || pid == ppid {
+                    return; // a new thread of an existing process
+                }
+                let child = match self.processes.get(&ppid) {
+                    Some(parent) => Process {
+                        exited: false,
+                        ..parent.clone()
+                    },
+                    None => Process::default(),
+                };
+                self.processes.insert(pid, child);
+            }
+            ProcessEvent::Comm {
+                pid,
+                tid,
+                comm,
+                exec,
+            } => {
+                let process = self.processes.entry(pid).or_default();
+                if exec {
+                    process.mappings.clear();
+                    process.comm = Some(comm);
+                } else if pid == tid {
+                    process.comm = Some(comm);
+                }
+            }
+            ProcessEvent::Mmap { pid, mapping } => {
+                self.processes.entry(pid).or_default().insert(mapping);
+            }
+            ProcessEvent::Exit { pid, tid } => {
+                if pid == tid
+                    && let Some(process) = self.processes.get_mut(&pid)
+                {
+                    process.exited = true;
+                }
+            }
+        }
+    }
+
+    /// The process `tgid`, if known.
+    pub fn get(&self, tgid: u32) -> Option<&Process> {
+        self.processes.get(&tgid)
+    }
+
+    /// Whether the table knows `tgid` with at least a name or a mapping.
+    pub fn knows(&self, tgid: u32) -> bool {
+        self.processes
+            .get(&tgid)
+            .is_some_and(|p| p.comm.is_some() || !p.mappings.is_empty())
+    }
+
+    /// Number of processes known.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Whether no process is known.
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+}
+
+/// Reads one process from `/proc` as a snapshot event; `None` if it is gone or unreadable.
+pub fn snapshot(pid: u32) -> Option<ProcessEvent> {
+    let process = ProcProcess::new(pid as i32).ok()?;
+    let comm = process.stat().ok()?.comm;
+    // Kernel threads have no mappings; that is not a failure.
+    let mappings = process
+        .maps()
+        .map(|maps| maps.into_iter().filter_map(executable_mapping).collect());
+    Some(ProcessEvent::Snapshot {
+        pid,
+        comm,
+        mappings: mappings.unwrap_or_default(),
+    })
+}
+
+/// Snapshots every process in `/proc`.
+pub fn snapshot_all() -> Vec<ProcessEvent> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(Result::ok)
+        .filter_map(|p| snapshot(p.pid as u32))
+        .collect()
+}
+
+fn executable_mapping(map: procfs::process::MemoryMap) -> Option<Mapping> {
+    if !map.perms.contains(MMPermissions::EXECUTE) {
+        return None;
+    }
+    let backing = match map.pathname {
+        MMapPath::Path(path) => Backing::File(Arc::from(path.as_path())),
+        MMapPath::Vdso => Backing::Vdso,
+        _ => Backing::Anonymous,
+    };
+    Some(Mapping {
+        start: map.address.0,
+        end: map.address.1,
+        file_offset: map.offset,
+        backing,
+        build_id: None,
+    })
+}
+
+/// What the side band reports as a mapping's file name, turned into a [`Backing`].
+pub fn backing_from_name(name: &[u8]) -> Backing {
+    use std::os::unix::ffi::OsStrExt;
+    match name {
+        b"[vdso]" => Backing::Vdso,
+        // perf's name for anonymous executable memory.
+        b"//anon" => Backing::Anonymous,
+        [b'/', ..] => Backing::File(Arc::from(Path::new(std::ffi::OsStr::from_bytes(name)))),
+        _ => Backing::Anonymous,
+    }
+}
+
+/// Where to open a process's mapped file from this process: the path itself, or, for a
+/// process in another mount namespace that is still alive, the path under its root.
+pub fn openable_path(tgid: u32, path: &Path) -> PathBuf {
+    if path.exists() {
+        return path.to_path_buf();
+    }
+    let under_root = Path::new("/proc")
+        .join(tgid.to_string())
+        .join("root")
+        .join(path.strip_prefix("/").unwrap_or(path));
+    if under_root.exists() {
+        under_root
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock the side band stamps records with.
+pub fn monotonic_now() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> Backing {
+        Backing::File(Arc::from(Path::new(path)))
+    }
+
+    fn mapping(start: u64, end: u64, file_offset: u64, path: &str) -> Mapping {
+        Mapping {
+            start,
+            end,
+            file_offset,
+            backing: file(path),
+            build_id: None,
+        }
+    }
+
+    fn at(time: u64, event: ProcessEvent) -> TimedEvent {
+        TimedEvent { time, event }
+    }
+
+    /// A process that forked, exec'd, mapped and exited is still fully described, and events
+    /// from different CPUs apply in time order, not arrival order.
+    #[test]
+    fn exited_process_keeps_its_mappings() {
+        let events = vec![
+            at(
+                30,
+                ProcessEvent::Mmap {
+                    pid: 20,
+                    mapping: mapping(0x1000, 0x3000, 0, "/bin/app"),
+                },
+            ),
+            at(40, ProcessEvent::Exit { pid: 20, tid: 20 }),
+            at(
+                10,
+                ProcessEvent::Fork {
+                    pid: 20,
+                    ppid: 10,
+                    tid: 20,
+                },
+            ),
+            at(
+                20,
+                ProcessEvent::Comm {
+                    pid: 20,
+                    tid: 20,
+                    comm: "app".into(),
+                    exec: true,
+                },
+            ),
+            at(
+                5,
+                ProcessEvent::Snapshot {
+                    pid: 10,
+                    comm: "sh".into(),
+                    mappings: vec![mapping(0x1000, 0x2000, 0, "/bin/sh")],
+                },
+            ),
+        ];
+        let table = ProcessTable::build(events);
+        let app = table.get(20).unwrap();
+        assert_eq!(app.comm.as_deref(), Some("app"));
+        assert!(app.exited);
+        let m = app.mapping_of(0x2abc).unwrap();
+        assert_eq!(m.backing, file("/bin/app"));
+        assert_eq!(m.file_offset_of(0x2abc), 0x1abc);
+        assert!(app.mapping_of(0x3000).is_none());
+        assert!(app.mapping_of(0xfff).is_none());
+        // The parent is untouched by its child's exec.
+        assert_eq!(table.get(10).unwrap().mappings[0].backing, file("/bin/sh"));
+    }
+
+    /// A forked child starts with its parent's mappings; thread creation changes nothing.
+    #[test]
+    fn fork_copies_the_parent() {
+        let mut table = ProcessTable::default();
+        table.apply(ProcessEvent::Snapshot {
+            pid: 1,
+            comm: "init".into(),
+            mappings: vec![mapping(0x1000, 0x2000, 0, "/sbin/init")],
+        });
+        table.apply(ProcessEvent::Fork {
+            pid: 1,
+            ppid: 1,
+            tid: 7,
+        });
+        table.apply(ProcessEvent::Fork {
+            pid: 2,
+            ppid: 1,
+            tid: 2,
+        });
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.get(2).unwrap().comm.as_deref(), Some("init"));
+        assert!(table.get(2).unwrap().mapping_of(0x1800).is_some());
+        // A thread renaming itself does not rename the process.
+        table.apply(ProcessEvent::Comm {
+            pid: 2,
+            tid: 9,
+            comm: "worker".into(),
+            exec: false,
+        });
+        assert_eq!(table.get(2).unwrap().comm.as_deref(), Some("init"));
+    }
+
+    /// A new mapping over part of an old one splits the old one, keeping file offsets right.
+    #[test]
+    fn overlapping_mmap_splits() {
+        let mut process = Process::default();
+        process.insert(mapping(0x1000, 0x5000, 0x100, "/lib/a.so"));
+        process.insert(mapping(0x2000, 0x3000, 0, "/lib/b.so"));
+        let spans: Vec<(u64, u64, u64)> = process
+            .mappings
+            .iter()
+            .map(|m| (m.start, m.end, m.file_offset))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0x1000, 0x2000, 0x100),
+                (0x2000, 0x3000, 0),
+                (0x3000, 0x5000, 0x2100)
+            ]
+        );
+    }
+
+    /// Our own process reads back from /proc with its executable mapped.
+    #[test]
+    fn snapshot_of_self() {
+        let Some(ProcessEvent::Snapshot { comm, mappings, .. }) = snapshot(std::process::id())
+        else {
+            panic!("our own process is in /proc");
+        };
+        assert!(!comm.is_empty());
+        let exe = std::env::current_exe().unwrap();
+        assert!(
+            mappings
+                .iter()
+                .any(|m| m.backing == Backing::File(Arc::from(exe.as_path()))),
+            "{mappings:?} maps {exe:?}"
+        );
+    }
+
+    /// Side-band names classify as files, the vDSO, or anonymous memory.
+    #[test]
+    fn backing_names() {
+        assert_eq!(
+            backing_from_name(b"/usr/lib/libc.so.6"),
+            file("/usr/lib/libc.so.6")
+        );
+        assert_eq!(backing_from_name(b"[vdso]"), Backing::Vdso);
+        assert_eq!(backing_from_name(b"//anon"), Backing::Anonymous);
+        assert_eq!(backing_from_name(b"[anon:jit]"), Backing::Anonymous);
+    }
+}

@@ -1,0 +1,180 @@
+//! The side band: a reader thread that drains the per-CPU side-band ring buffers (see
+//! [`crate::perf::open_side_band`]) while the recording runs.
+//!
+//! In: one [`Sampler`] per CPU. Out, when stopped: every fork, exec, name change, executable
+//! mmap and exit on the machine during the recording, as timestamped [`ProcessEvent`]s for
+//! [`crate::procs::ProcessTable`], plus the number of records the kernel had to drop because
+//! a ring buffer was full.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use perf_event::Sampler;
+use perf_event::data::endian::Native;
+use perf_event::data::parse::{ParseConfig, Parser};
+use perf_event::data::{Comm, Exit, Lost, Mmap2, RecordMetadata, Visitor};
+
+use crate::procs::{Mapping, ProcessEvent, TimedEvent, backing_from_name};
+
+/// How often the reader wakes to drain the rings. The rings hold far more than this much.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// `PERF_RECORD_MISC_COMM_EXEC`: the COMM record comes from exec.
+const MISC_COMM_EXEC: u16 = 1 << 13;
+
+/// What the side band saw.
+#[derive(Debug, Default)]
+pub struct SideBandLog {
+    /// Process events, in arrival order (not time order).
+    pub events: Vec<TimedEvent>,
+    /// Records the kernel dropped because a ring buffer was full.
+    pub lost_records: u64,
+}
+
+/// A running side-band reader.
+#[derive(Debug)]
+pub struct SideBandReader {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<SideBandLog>,
+}
+
+impl SideBandReader {
+    /// Starts draining `samplers` on a thread of its own.
+    pub fn spawn(samplers: Vec<Sampler>) -> SideBandReader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("prof-sideband".into())
+            .spawn(move || {
+                let mut samplers = samplers;
+                let mut log = SideBandLog::default();
+                loop {
+                    // Read the flag first so that the last pass drains everything written
+                    // before stop() was called.
+                    let stopping = stop_flag.load(Ordering::Acquire);
+                    for sampler in &mut samplers {
+                        drain(sampler, &mut log);
+                    }
+                    if stopping {
+                        return log;
+                    }
+                    thread::sleep(POLL_INTERVAL);
+                }
+            })
+            .expect("spawning the side-band thread");
+        SideBandReader { stop, thread }
+    }
+
+    /// Stops the reader after one last drain and returns what it saw.
+    pub fn stop(self) -> SideBandLog {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn drain(sampler: &mut Sampler, log: &mut SideBandLog) {
+    let config = sampler.config().clone();
+    let mut bytes = Vec::new();
+    while let Some(record) = sampler.next_record() {
+        let size = 8 + record.len();
+        let Ok(size) = u16::try_from(size) else {
+            continue;
+        };
+        // Re-assemble the record with its header so perf-event-data parses it whole,
+        // including the sample_id trailer that carries the timestamp.
+        bytes.clear();
+        bytes.extend_from_slice(&record.ty().to_ne_bytes());
+        bytes.extend_from_slice(&record.misc().to_ne_bytes());
+        bytes.extend_from_slice(&size.to_ne_bytes());
+        for part in record.data() {
+            bytes.extend_from_slice(part);
+        }
+        drop(record);
+        match parse(&bytes, &config) {
+            Some(Parsed::Event(event)) => log.events.push(event),
+            Some(Parsed::Lost(count)) => log.lost_records += count,
+            None => {}
+        }
+    }
+}
+
+enum Parsed {
+    Event(TimedEvent),
+    Lost(u64),
+}
+
+fn parse(bytes: &[u8], config: &ParseConfig<Native>) -> Option<Parsed> {
+    let mut parser = Parser::new(bytes, config.clone());
+    parser.parse_record(RecordVisitor).ok().flatten()
+}
+
+struct RecordVisitor;
+
+fn timed(metadata: &RecordMetadata, event: ProcessEvent) -> Option<Parsed> {
+    let time = metadata.sample_id().time()?;
+    Some(Parsed::Event(TimedEvent { time, event }))
+}
+
+impl<'a> Visitor<'a> for RecordVisitor {
+    type Output = Option<Parsed>;
+
+    fn visit_unimplemented(self, _metadata: RecordMetadata) -> Self::Output {
+        None
+    }
+
+    fn visit_mmap2(self, record: Mmap2<'a>, metadata: RecordMetadata) -> Self::Output {
+        let mapping = Mapping {
+            start: record.addr,
+            end: record.addr + record.len,
+            file_offset: record.pgoff,
+            backing: backing_from_name(&record.filename),
+            build_id: record.build_id().map(Arc::from),
+        };
+        timed(
+            &metadata,
+            ProcessEvent::Mmap {
+                pid: record.pid,
+                mapping,
+            },
+        )
+    }
+
+    fn visit_comm(self, record: Comm<'a>, metadata: RecordMetadata) -> Self::Output {
+        let comm = String::from_utf8_lossy(&record.comm).into_owned();
+        let exec = metadata.misc() & MISC_COMM_EXEC != 0;
+        timed(
+            &metadata,
+            ProcessEvent::Comm {
+                pid: record.pid,
+                tid: record.tid,
+                comm,
+                exec,
+            },
+        )
+    }
+
+    fn visit_fork(self, record: Exit, metadata: RecordMetadata) -> Self::Output {
+        let event = ProcessEvent::Fork {
+            pid: record.pid,
+            ppid: record.ppid,
+            tid: record.tid,
+        };
+        timed(&metadata, event)
+    }
+
+    fn visit_exit(self, record: Exit, metadata: RecordMetadata) -> Self::Output {
+        timed(
+            &metadata,
+            ProcessEvent::Exit {
+                pid: record.pid,
+                tid: record.tid,
+            },
+        )
+    }
+
+    fn visit_lost(self, record: Lost, _metadata: RecordMetadata) -> Self::Output {
+        Some(Parsed::Lost(record.lost))
+    }
+}

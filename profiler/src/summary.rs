@@ -1,0 +1,148 @@
+//! The end-of-recording summary printed to stderr: per event, the samples and estimated
+//! count, unique stacks, what was lost or unknown and why (with the flag that fixes it), the
+//! hottest functions, and the files written.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::events::Unit;
+use crate::export::flamegraph::thousands;
+use crate::profile::{EventProfile, Profile};
+
+/// How many hottest functions to list.
+pub const HOTTEST: usize = 5;
+
+/// Renders the summary. `written` pairs each written file with its event index.
+pub fn render(profile: &Profile, written: &[(usize, PathBuf)]) -> String {
+    let mut out = String::new();
+    let seconds = profile.duration.as_secs_f64();
+    for (index, event) in profile.events.iter().enumerate() {
+        render_event(&mut out, event, seconds);
+        for (_, path) in written.iter().filter(|(i, _)| *i == index) {
+            let _ = writeln!(out, "  wrote {}", path.display());
+        }
+    }
+    if profile.forks_untracked > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} child processes could not join the target set and were not sampled",
+            thousands(profile.forks_untracked)
+        );
+    }
+    if profile.side_band_lost > 0 {
+        let _ = writeln!(
+            out,
+            "warning: the kernel dropped {} process records (mappings of new processes may be \
+             missing; their frames show as [unknown])",
+            thousands(profile.side_band_lost)
+        );
+    }
+    out
+}
+
+fn render_event(out: &mut String, event: &EventProfile, seconds: f64) {
+    let total = event.total();
+    let count = match event.unit {
+        Unit::Nanoseconds => format!("{:.3} s of CPU time", total.period as f64 / 1e9),
+        Unit::Events => format!("~{} events", thousands(total.period)),
+    };
+    let _ = writeln!(
+        out,
+        "{}: {} samples in {:.1} s, {}, {} unique stacks",
+        event.name,
+        thousands(total.samples),
+        seconds,
+        count,
+        thousands(event.stacks.len() as u64)
+    );
+    let losses = &event.losses;
+    let mut lost = Vec::new();
+    if losses.collisions > 0 {
+        lost.push(format!(
+            "{} stacks collided in the stack map (raise --stack-storage-size)",
+            thousands(losses.collisions)
+        ));
+    }
+    if losses.no_stack > 0 {
+        lost.push(format!(
+            "{} samples had no stack",
+            thousands(losses.no_stack)
+        ));
+    }
+    if losses.map_full > 0 {
+        lost.push(format!(
+            "{} samples dropped, counts map full (raise --counts-map-size)",
+            thousands(losses.map_full)
+        ));
+    }
+    if lost.is_empty() {
+        let _ = writeln!(out, "  lost: none");
+    } else {
+        let _ = writeln!(out, "  lost: {}", lost.join("; "));
+    }
+    if event.unknown.is_empty() {
+        let _ = writeln!(out, "  [unknown] frames: none");
+    } else {
+        let reasons: Vec<String> = event
+            .unknown
+            .iter()
+            .map(|(reason, n)| format!("{} {}", thousands(*n), reason))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  samples with [unknown] frames: {}",
+            reasons.join(", ")
+        );
+    }
+    let hottest = event.hottest_self(HOTTEST);
+    if !hottest.is_empty() {
+        let _ = writeln!(out, "  hottest (self):");
+        for (frame, share) in hottest {
+            let _ = writeln!(out, "    {:5.1}%  {}", share * 100.0, frame);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Frame, UnknownReason, Value};
+
+    /// The summary names totals, losses with their fixing flags, unknown reasons, the
+    /// hottest functions and the paths written.
+    #[test]
+    fn summary_lines() {
+        let mut event = EventProfile::new("cpu-clock".into(), Unit::Nanoseconds);
+        let stack = vec![Frame::from("app"), Frame::from("main"), Frame::from("hot")];
+        event.add(
+            stack,
+            Value {
+                samples: 1500,
+                period: 1_500_000_000,
+            },
+        );
+        event.losses.collisions = 3;
+        event.losses.map_full = 2;
+        event.unknown.insert(UnknownReason::Unmapped, 7);
+        let profile = Profile {
+            events: vec![event],
+            duration: std::time::Duration::from_secs(2),
+            ..Profile::default()
+        };
+        let text = render(&profile, &[(0, PathBuf::from("prof.svg"))]);
+        assert!(
+            text.contains(
+                "cpu-clock: 1,500 samples in 2.0 s, 1.500 s of CPU time, 1 unique stacks"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("raise --stack-storage-size"), "{text}");
+        assert!(text.contains("raise --counts-map-size"), "{text}");
+        assert!(
+            text.contains("7 address in no executable mapping"),
+            "{text}"
+        );
+        assert!(text.contains("100.0%  hot"), "{text}");
+        assert!(text.contains("wrote prof.svg"), "{text}");
+    }
+}

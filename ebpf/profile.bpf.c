@@ -15,7 +15,9 @@
 
 #include "profile.h"
 
+#define EFAULT 14
 #define EEXIST 17
+#define E2BIG 7
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -31,8 +33,8 @@ const volatile __u8 filter_tgids = 0;
 ABI(sample_key_size, sizeof(struct sample_key));
 ABI(sample_key_tgid, __builtin_offsetof(struct sample_key, tgid));
 ABI(sample_key_event, __builtin_offsetof(struct sample_key, event));
-ABI(sample_key_user_stack_id, __builtin_offsetof(struct sample_key, user_stack_id));
-ABI(sample_key_kernel_stack_id, __builtin_offsetof(struct sample_key, kernel_stack_id));
+ABI(sample_key_user_stack, __builtin_offsetof(struct sample_key, user_stack));
+ABI(sample_key_kernel_stack, __builtin_offsetof(struct sample_key, kernel_stack));
 ABI(sample_value_size, sizeof(struct sample_value));
 ABI(sample_value_samples, __builtin_offsetof(struct sample_value, samples));
 ABI(sample_value_period, __builtin_offsetof(struct sample_value, period));
@@ -41,19 +43,31 @@ ABI(max_events, PROF_MAX_EVENTS);
 ABI(cookie_event_mask, PROF_COOKIE_EVENT_MASK);
 ABI(cookie_user_stack, PROF_COOKIE_USER_STACK);
 ABI(cookie_kernel_stack, PROF_COOKIE_KERNEL_STACK);
-ABI(stack_not_taken, (__u64)(__s64)PROF_STACK_NOT_TAKEN);
+ABI(stack_trace_size, sizeof(struct stack_trace));
+ABI(stack_not_taken, PROF_STACK_NOT_TAKEN);
+ABI(stack_id_min, PROF_STACK_ID_MIN);
 ABI(stat_count, PROF_STAT_COUNT);
-ABI(stat_collisions, PROF_STAT_COLLISIONS);
+ABI(stat_stack_map_full, PROF_STAT_STACK_MAP_FULL);
 ABI(stat_no_stack, PROF_STAT_NO_STACK);
 ABI(stat_map_full, PROF_STAT_MAP_FULL);
 ABI(global_forks_untracked, PROF_GLOBAL_FORKS_UNTRACKED);
 
+/* Stacks by content hash; entries are allocated as stacks appear, not up front. */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, PROF_MAX_STACK_DEPTH * sizeof(__u64));
-	__uint(max_entries, 16384); /* --stack-storage-size */
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct stack_trace);
+	__uint(max_entries, 65536); /* --stack-storage-size */
 } stacks SEC(".maps");
+
+/* Where bpf_get_stack writes: a stack is too large for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct stack_trace);
+	__uint(max_entries, 1);
+} scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -85,9 +99,63 @@ static __always_inline void bump(__u32 row, __u32 stat)
 		*counter += 1; /* per-CPU slot: no other writer */
 }
 
-static __always_inline int stack_missing(__s32 id)
+static __always_inline __u64 mix(__u64 x)
 {
-	return id < 0 && id != -EEXIST;
+	/* The murmur3 64-bit finalizer: every input bit affects every output bit. */
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+/* A 64-bit id for the `depth` frames in `stack`, never below PROF_STACK_ID_MIN. */
+static __always_inline __u64 stack_id(const struct stack_trace *stack, __u32 depth)
+{
+	__u64 hash = 0x9e3779b97f4a7c15ULL ^ depth;
+
+	for (__u32 i = 0; i < PROF_MAX_STACK_DEPTH; i++) {
+		if (i >= depth)
+			break;
+		hash = (hash ^ mix(stack->ips[i])) * 0x100000001b3ULL;
+	}
+	hash = mix(hash);
+	return hash < PROF_STACK_ID_MIN ? hash | (1ULL << 63) : hash;
+}
+
+/*
+ * Takes the user (BPF_F_USER_STACK) or kernel (0) stack and stores it in `stacks` unless it
+ * is there already. Returns its id, or an errno below PROF_STACK_ID_MIN.
+ */
+static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, __u64 flags)
+{
+	__u32 zero = 0;
+	struct stack_trace *stack = bpf_map_lookup_elem(&scratch, &zero);
+	long bytes, err;
+	__u64 id;
+
+	if (!stack)
+		return EFAULT;
+	/* bpf_get_stack zero-fills the rest of the buffer. */
+	bytes = bpf_get_stack(ctx, stack->ips, sizeof(stack->ips), flags);
+	if (bytes < 0)
+		return -bytes < PROF_STACK_ID_MIN ? -bytes : EFAULT;
+	if (bytes == 0)
+		return EFAULT;
+	id = stack_id(stack, bytes / sizeof(__u64));
+	if (bpf_map_lookup_elem(&stacks, &id))
+		return id;
+	err = bpf_map_update_elem(&stacks, &id, stack, BPF_NOEXIST);
+	/* -EEXIST: another CPU stored the same stack first. Anything else: the map is full. */
+	if (err && err != -EEXIST)
+		return E2BIG;
+	return id;
+}
+
+static __always_inline int stack_missing(__u64 id)
+{
+	return id != PROF_STACK_NOT_TAKEN && id < PROF_STACK_ID_MIN && id != E2BIG;
 }
 
 SEC("perf_event")
@@ -106,18 +174,19 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	struct sample_key key = {
 		.tgid = tgid,
 		.event = event,
-		.user_stack_id = PROF_STACK_NOT_TAKEN,
-		.kernel_stack_id = PROF_STACK_NOT_TAKEN,
+		.user_stack = PROF_STACK_NOT_TAKEN,
+		.kernel_stack = PROF_STACK_NOT_TAKEN,
 	};
 	if (cookie & PROF_COOKIE_USER_STACK)
-		key.user_stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+		key.user_stack = take_stack(ctx, BPF_F_USER_STACK);
 	if (cookie & PROF_COOKIE_KERNEL_STACK)
-		key.kernel_stack_id = bpf_get_stackid(ctx, &stacks, 0);
+		key.kernel_stack = take_stack(ctx, 0);
 
 	bump(event, PROF_STAT_SAMPLES);
-	if (key.user_stack_id == -EEXIST || key.kernel_stack_id == -EEXIST)
-		bump(event, PROF_STAT_COLLISIONS);
-	else if (stack_missing(key.user_stack_id) && stack_missing(key.kernel_stack_id))
+	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)
+		bump(event, PROF_STAT_STACK_MAP_FULL);
+	else if ((key.user_stack == PROF_STACK_NOT_TAKEN || stack_missing(key.user_stack)) &&
+		 (key.kernel_stack == PROF_STACK_NOT_TAKEN || stack_missing(key.kernel_stack)))
 		bump(event, PROF_STAT_NO_STACK);
 
 	value = bpf_map_lookup_elem(&counts, &key);

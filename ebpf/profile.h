@@ -24,15 +24,24 @@
 #define PROF_COOKIE_USER_STACK (1ULL << 32)
 #define PROF_COOKIE_KERNEL_STACK (1ULL << 33)
 
-/* Stack id stored when a stack was not asked for (e.g. the kernel stack of a `:u` event). */
-#define PROF_STACK_NOT_TAKEN (-1000)
+/*
+ * Stacks are stored by content: a stack's id is a 64-bit hash of its frames, so two
+ * different stacks never share a slot the way they do in a BPF_MAP_TYPE_STACK_TRACE bucket.
+ * Ids below PROF_STACK_ID_MIN are not hashes:
+ *   0                      the stack was not asked for (e.g. the kernel stack of a `:u` event),
+ *   1 .. PROF_STACK_ID_MIN an errno: the stack could not be taken (EFAULT: no stack on that
+ *                          side, e.g. the user stack of a kernel thread) or stored (E2BIG:
+ *                          the stack map is full).
+ */
+#define PROF_STACK_NOT_TAKEN 0ULL
+#define PROF_STACK_ID_MIN 4096ULL
 
 /* Per-event loss and volume counters, in the `stats` per-CPU array at [event * PROF_STAT_COUNT + stat]. */
 enum prof_stat {
-	PROF_STAT_SAMPLES = 0,      /* samples that passed the target filter */
-	PROF_STAT_COLLISIONS = 1,   /* a stack hashed to a bucket holding another stack (-EEXIST) */
-	PROF_STAT_NO_STACK = 2,     /* no requested stack could be taken */
-	PROF_STAT_MAP_FULL = 3,     /* the counts map had no room for a new key */
+	PROF_STAT_SAMPLES = 0,        /* samples that passed the target filter */
+	PROF_STAT_STACK_MAP_FULL = 1, /* a new stack found the stack map full and was not stored */
+	PROF_STAT_NO_STACK = 2,       /* no requested stack could be taken */
+	PROF_STAT_MAP_FULL = 3,       /* the counts map had no room for a new key */
 	PROF_STAT_COUNT = 4,
 };
 
@@ -46,14 +55,19 @@ enum prof_global_stat {
 struct sample_key {
 	__u32 tgid;
 	__u32 event;
-	__s32 user_stack_id;   /* id in `stacks`, or a negative errno, or PROF_STACK_NOT_TAKEN */
-	__s32 kernel_stack_id; /* likewise */
+	__u64 user_stack;   /* stack id in `stacks`, or one of the reserved values above */
+	__u64 kernel_stack; /* likewise */
 };
 
 /* Value of the `counts` hash map. */
 struct sample_value {
 	__u64 samples; /* how many samples hit this key */
 	__u64 period;  /* sum of ctx->sample_period: the estimated number of events */
+};
+
+/* Value of the `stacks` hash map: instruction pointers, innermost first, zero-padded. */
+struct stack_trace {
+	__u64 ips[PROF_MAX_STACK_DEPTH];
 };
 
 #endif

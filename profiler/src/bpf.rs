@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, StackTraceMap};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{PerfEvent, ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use thiserror::Error;
@@ -30,11 +30,13 @@ pub const COOKIE_USER_STACK: u64 = 1 << 32;
 /// Cookie bit: take the kernel stack (`PROF_COOKIE_KERNEL_STACK`).
 pub const COOKIE_KERNEL_STACK: u64 = 1 << 33;
 /// Stack id of a stack that was not asked for (`PROF_STACK_NOT_TAKEN`).
-pub const STACK_NOT_TAKEN: i32 = -1000;
+pub const STACK_NOT_TAKEN: u64 = 0;
+/// Stack ids below this are errnos, not stacks (`PROF_STACK_ID_MIN`).
+pub const STACK_ID_MIN: u64 = 4096;
 /// Counters per event row in `stats` (`PROF_STAT_COUNT`).
 const STAT_COUNT: u32 = 4;
 const STAT_SAMPLES: u32 = 0;
-const STAT_COLLISIONS: u32 = 1;
+const STAT_STACK_MAP_FULL: u32 = 1;
 const STAT_NO_STACK: u32 = 2;
 const STAT_MAP_FULL: u32 = 3;
 /// Row of `stats` for counters not tied to an event (`PROF_GLOBAL_ROW`).
@@ -49,10 +51,19 @@ pub struct SampleKey {
     pub tgid: u32,
     /// Index of the event in the recording.
     pub event: u32,
-    /// Id in the stack map, or a negative errno, or [`STACK_NOT_TAKEN`].
-    pub user_stack_id: i32,
+    /// Id in the stack map (a hash of the stack), or [`STACK_NOT_TAKEN`], or an errno
+    /// below [`STACK_ID_MIN`].
+    pub user_stack: u64,
     /// Likewise for the kernel stack.
-    pub kernel_stack_id: i32,
+    pub kernel_stack: u64,
+}
+
+/// Value of the `stacks` map (`struct stack_trace`): innermost frame first, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTrace {
+    /// Instruction pointers.
+    pub ips: [u64; MAX_STACK_DEPTH],
 }
 
 /// Value of the `counts` map (`struct sample_value`).
@@ -70,6 +81,8 @@ pub struct SampleValue {
 unsafe impl aya::Pod for SampleKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SampleValue {}
+// SAFETY: as above (an array of u64).
+unsafe impl aya::Pod for StackTrace {}
 
 /// The cookie of the link for event `index`: the index plus which stacks to take.
 pub fn cookie(index: usize, event: &Event) -> u64 {
@@ -88,7 +101,7 @@ pub fn cookie(index: usize, event: &Event) -> u64 {
 pub struct BpfConfig {
     /// Sample only the tgids in the target set (commands and `-p`), instead of everything.
     pub filter_tgids: bool,
-    /// Entries of the stack map (`--stack-storage-size`).
+    /// Distinct stacks the stack map holds (`--stack-storage-size`).
     pub stack_storage_size: u32,
     /// Entries of the counts map (`--counts-map-size`).
     pub counts_map_size: u32,
@@ -152,8 +165,8 @@ fn program_err(program: &'static str) -> impl FnOnce(ProgramError) -> BpfError {
 pub struct EventStats {
     /// Samples that passed the target filter.
     pub samples: u64,
-    /// Samples whose stack collided with another in the stack map.
-    pub collisions: u64,
+    /// Samples with a new stack that found the stack map full.
+    pub stack_map_full: u64,
     /// Samples for which no stack could be taken.
     pub no_stack: u64,
     /// Samples dropped because the counts map was full.
@@ -299,7 +312,7 @@ impl BpfProfiler {
         for row in 0..events as u32 {
             result.events.push(EventStats {
                 samples: read(row, STAT_SAMPLES)?,
-                collisions: read(row, STAT_COLLISIONS)?,
+                stack_map_full: read(row, STAT_STACK_MAP_FULL)?,
                 no_stack: read(row, STAT_NO_STACK)?,
                 map_full: read(row, STAT_MAP_FULL)?,
             });
@@ -320,12 +333,19 @@ impl BpfProfiler {
     }
 
     /// The stack with `id`, innermost frame first; `None` if the id is not in the map.
-    pub fn stack(&self, id: u32) -> Result<Option<Vec<u64>>, BpfError> {
-        let stacks: StackTraceMap<&MapData> =
-            StackTraceMap::try_from(self.ebpf.map("stacks").expect("the object defines stacks"))
+    pub fn stack(&self, id: u64) -> Result<Option<Vec<u64>>, BpfError> {
+        let stacks: HashMap<&MapData, u64, StackTrace> =
+            HashMap::try_from(self.ebpf.map("stacks").expect("the object defines stacks"))
                 .map_err(map_err("stacks"))?;
         match stacks.get(&id, 0) {
-            Ok(trace) => Ok(Some(trace.frames().iter().map(|frame| frame.ip).collect())),
+            Ok(trace) => Ok(Some(
+                trace
+                    .ips
+                    .iter()
+                    .copied()
+                    .take_while(|&ip| ip != 0)
+                    .collect(),
+            )),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(BpfError::Map {
                 map: "stacks",
@@ -367,12 +387,12 @@ mod tests {
         expect("sample_key_tgid", offset_of!(SampleKey, tgid) as u64);
         expect("sample_key_event", offset_of!(SampleKey, event) as u64);
         expect(
-            "sample_key_user_stack_id",
-            offset_of!(SampleKey, user_stack_id) as u64,
+            "sample_key_user_stack",
+            offset_of!(SampleKey, user_stack) as u64,
         );
         expect(
-            "sample_key_kernel_stack_id",
-            offset_of!(SampleKey, kernel_stack_id) as u64,
+            "sample_key_kernel_stack",
+            offset_of!(SampleKey, kernel_stack) as u64,
         );
         expect("sample_value_size", size_of::<SampleValue>() as u64);
         expect(
@@ -388,9 +408,11 @@ mod tests {
         expect("cookie_event_mask", COOKIE_EVENT_MASK);
         expect("cookie_user_stack", COOKIE_USER_STACK);
         expect("cookie_kernel_stack", COOKIE_KERNEL_STACK);
-        expect("stack_not_taken", i64::from(STACK_NOT_TAKEN) as u64);
+        expect("stack_trace_size", size_of::<StackTrace>() as u64);
+        expect("stack_not_taken", STACK_NOT_TAKEN);
+        expect("stack_id_min", STACK_ID_MIN);
         expect("stat_count", u64::from(STAT_COUNT));
-        expect("stat_collisions", u64::from(STAT_COLLISIONS));
+        expect("stat_stack_map_full", u64::from(STAT_STACK_MAP_FULL));
         expect("stat_no_stack", u64::from(STAT_NO_STACK));
         expect("stat_map_full", u64::from(STAT_MAP_FULL));
         expect("global_forks_untracked", u64::from(GLOBAL_FORKS_UNTRACKED));

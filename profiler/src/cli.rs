@@ -97,8 +97,9 @@ pub struct RecordArgs {
     )]
     pub outputs: Vec<PathBuf>,
 
-    /// Distinct stacks the kernel can store; raise it when the summary reports collisions.
-    #[arg(long, value_name = "N", default_value_t = 16384)]
+    /// Distinct stacks the kernel can store (about 1 KiB each, allocated as stacks appear);
+    /// raise it when the summary reports a full stack map.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
     pub stack_storage_size: u32,
 
     /// Distinct (process, event, stack) entries the kernel can count; raise it when the

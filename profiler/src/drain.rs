@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::bpf::{BpfError, BpfProfiler, KernelStats, STACK_NOT_TAKEN, SampleKey};
+use crate::bpf::{BpfError, BpfProfiler, KernelStats, STACK_ID_MIN, STACK_NOT_TAKEN, SampleKey};
 use crate::profile::Value;
 
 /// A stack as the kernel recorded it.
@@ -17,8 +17,8 @@ pub enum RawStack {
     Frames(Arc<[u64]>),
     /// Not asked for (the event's modifiers exclude this side).
     NotTaken,
-    /// `bpf_get_stackid` failed with this negative errno (`-EEXIST`: a collision,
-    /// `-EFAULT`: no stack on this side, e.g. the user stack of a kernel thread).
+    /// The stack could not be taken or stored, with this errno (`EFAULT`: no stack on this
+    /// side, e.g. the user stack of a kernel thread; `E2BIG`: the stack map was full).
     Failed(i32),
 }
 
@@ -31,9 +31,9 @@ impl RawStack {
         }
     }
 
-    /// Whether the stack was lost to a stack-map collision.
-    pub fn collided(&self) -> bool {
-        *self == RawStack::Failed(-libc::EEXIST)
+    /// Whether the stack was lost because the stack map was full.
+    pub fn lost_to_full_map(&self) -> bool {
+        *self == RawStack::Failed(libc::E2BIG)
     }
 }
 
@@ -64,17 +64,17 @@ pub struct Drained {
 /// Reads all counts and the stacks they refer to. Each stack id is looked up once.
 pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
     let stats = bpf.stats(events)?;
-    let mut stacks: HashMap<i32, RawStack> = HashMap::new();
+    let mut stacks: HashMap<u64, RawStack> = HashMap::new();
     let mut samples = Vec::new();
     for (key, value) in bpf.counts()? {
         let SampleKey {
             tgid,
             event,
-            user_stack_id,
-            kernel_stack_id,
+            user_stack,
+            kernel_stack,
         } = key;
-        let user = resolve(bpf, &mut stacks, user_stack_id)?;
-        let kernel = resolve(bpf, &mut stacks, kernel_stack_id)?;
+        let user = resolve(bpf, &mut stacks, user_stack)?;
+        let kernel = resolve(bpf, &mut stacks, kernel_stack)?;
         samples.push(RawSample {
             tgid,
             event: event as usize,
@@ -91,21 +91,21 @@ pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
 
 fn resolve(
     bpf: &BpfProfiler,
-    cache: &mut HashMap<i32, RawStack>,
-    id: i32,
+    cache: &mut HashMap<u64, RawStack>,
+    id: u64,
 ) -> Result<RawStack, BpfError> {
     if id == STACK_NOT_TAKEN {
         return Ok(RawStack::NotTaken);
     }
-    if id < 0 {
-        return Ok(RawStack::Failed(id));
+    if id < STACK_ID_MIN {
+        return Ok(RawStack::Failed(id as i32));
     }
     if let Some(stack) = cache.get(&id) {
         return Ok(stack.clone());
     }
-    let stack = match bpf.stack(id as u32)? {
+    let stack = match bpf.stack(id)? {
         Some(frames) if !frames.is_empty() => RawStack::Frames(frames.into()),
-        _ => RawStack::Failed(-libc::ENOENT),
+        _ => RawStack::Failed(libc::ENOENT),
     };
     cache.insert(id, stack.clone());
     Ok(stack)

@@ -39,8 +39,8 @@ impl AddAssign for Value {
 /// Why a frame is `[unknown]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum UnknownReason {
-    /// The stack collided with another in the stack map and was not stored.
-    StackCollision,
+    /// The stack was not stored: the stack map was full.
+    StackMapFull,
     /// No stack could be taken for the sample.
     NoStack,
     /// Nothing is known about the process (it was neither in `/proc` nor in the side band).
@@ -63,7 +63,7 @@ impl UnknownReason {
     /// A few words for summaries.
     pub fn describe(self) -> &'static str {
         match self {
-            UnknownReason::StackCollision => "stack lost to a stack-map collision",
+            UnknownReason::StackMapFull => "stack not stored, stack map full",
             UnknownReason::NoStack => "no stack could be taken",
             UnknownReason::ProcessUnknown => "process never seen",
             UnknownReason::Unmapped => "address in no executable mapping",
@@ -87,8 +87,9 @@ impl fmt::Display for UnknownReason {
 pub struct Losses {
     /// Samples the BPF program saw (after the target filter).
     pub kernel_samples: u64,
-    /// Samples whose stack was lost to a stack-map collision (kept, as `[unknown]`).
-    pub collisions: u64,
+    /// Samples whose stack was not stored because the stack map was full (kept, as
+    /// `[unknown]`).
+    pub stack_map_full: u64,
     /// Samples without any stack (kept, as `[unknown]`).
     pub no_stack: u64,
     /// Samples dropped because the counts map was full (not in the profile).

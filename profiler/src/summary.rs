@@ -57,10 +57,10 @@ fn render_event(out: &mut String, event: &EventProfile, seconds: f64) {
     );
     let losses = &event.losses;
     let mut lost = Vec::new();
-    if losses.collisions > 0 {
+    if losses.stack_map_full > 0 {
         lost.push(format!(
-            "{} stacks collided in the stack map (raise --stack-storage-size)",
-            thousands(losses.collisions)
+            "{} samples lost their stack, stack map full (raise --stack-storage-size)",
+            thousands(losses.stack_map_full)
         ));
     }
     if losses.no_stack > 0 {
@@ -121,7 +121,7 @@ mod tests {
                 period: 1_500_000_000,
             },
         );
-        event.losses.collisions = 3;
+        event.losses.stack_map_full = 3;
         event.losses.map_full = 2;
         event.unknown.insert(UnknownReason::Unmapped, 7);
         let profile = Profile {

@@ -81,7 +81,7 @@ impl Symbolizer {
         for (index, profile) in profiles.iter_mut().enumerate() {
             if let Some(stats) = drained.stats.events.get(index) {
                 profile.losses.kernel_samples = stats.samples;
-                profile.losses.collisions = stats.collisions;
+                profile.losses.stack_map_full = stats.stack_map_full;
                 profile.losses.no_stack = stats.no_stack;
                 profile.losses.map_full = stats.map_full;
             }
@@ -242,8 +242,8 @@ fn lookup_address(ip: u64, depth: usize) -> u64 {
 
 /// Why a sample has no frames on the side that should have them.
 fn lost_stack_reason(sample: &RawSample) -> Option<UnknownReason> {
-    if sample.user.collided() || sample.kernel.collided() {
-        return Some(UnknownReason::StackCollision);
+    if sample.user.lost_to_full_map() || sample.kernel.lost_to_full_map() {
+        return Some(UnknownReason::StackMapFull);
     }
     let missing = |stack: &RawStack| !matches!(stack, RawStack::Frames(_));
     (missing(&sample.user) && missing(&sample.kernel)).then_some(UnknownReason::NoStack)
@@ -327,7 +327,7 @@ mod tests {
             tgid,
             event: 0,
             user: RawStack::Frames(vec![ip].into()),
-            kernel: RawStack::Failed(-libc::EFAULT),
+            kernel: RawStack::Failed(libc::EFAULT),
             value: Value {
                 samples: 2,
                 period: 20,
@@ -372,8 +372,8 @@ mod tests {
         let sample = RawSample {
             tgid: 0,
             event: 0,
-            user: RawStack::Failed(-libc::EEXIST),
-            kernel: RawStack::Failed(-libc::EFAULT),
+            user: RawStack::Failed(libc::E2BIG),
+            kernel: RawStack::Failed(libc::EFAULT),
             value: Value {
                 samples: 1,
                 period: 1,
@@ -381,7 +381,7 @@ mod tests {
         };
         assert_eq!(
             lost_stack_reason(&sample),
-            Some(UnknownReason::StackCollision)
+            Some(UnknownReason::StackMapFull)
         );
         let drained = Drained {
             samples: vec![sample],

@@ -42,7 +42,7 @@ pub fn write(profile: &EventProfile, options: &Options, out: &mut dyn Write) -> 
 pub fn subtitle(profile: &EventProfile) -> String {
     let total = profile.total();
     let losses = &profile.losses;
-    let lost = losses.collisions + losses.no_stack + losses.map_full;
+    let lost = losses.stack_map_full + losses.no_stack + losses.map_full;
     let count = match profile.unit {
         Unit::Nanoseconds => format!("{:.2} s", total.period as f64 / 1e9),
         Unit::Events => format!("{} events (est.)", thousands(total.period)),
@@ -109,7 +109,7 @@ mod tests {
                 period: 1234,
             },
         );
-        profile.losses.collisions = 2;
+        profile.losses.stack_map_full = 2;
         let mut out = Vec::new();
         write(&profile, &Options::default(), &mut out).unwrap();
         let svg = String::from_utf8(out).unwrap();

@@ -1,0 +1,103 @@
+//! prof's integration tests: one binary, run as root, that records real workloads with the
+//! real BPF program attached to real (software) perf events, and checks what comes out.
+//!
+//! Tests that record take a global lock: on a 2-vCPU machine, two recordings at once would
+//! disturb each other's proportions (see ../shared/platform.md). They never skip: without
+//! root they fail and say why.
+
+mod bad_input;
+mod record;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+/// The prof binary under test.
+pub fn prof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_prof"))
+}
+
+/// Serializes the tests that record or measure.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "prof's integration tests load BPF programs and must run as root \
+         (use scripts/test.sh, which runs them with sudo when needed)"
+    );
+    guard
+}
+
+/// Builds `tests/workloads/<name>.c` with frame pointers and debug info, once per run, and
+/// returns the binary's path.
+pub fn workload(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads")
+        .join(format!("{name}.c"));
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(name);
+    let status = Command::new("cc")
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-Wall",
+            "-Werror",
+            "-o",
+        ])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("cc runs (the tests build their workloads with the system C compiler)");
+    assert!(status.success(), "compiling {}", source.display());
+    built.insert(name.to_owned(), binary.clone());
+    binary
+}
+
+/// A folded-stacks file: (frames root first, count) per line.
+pub fn read_folded(path: &Path) -> Vec<(Vec<String>, u64)> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+    text.lines()
+        .map(|line| {
+            let (stack, count) = line.rsplit_once(' ').expect("`stack count` lines");
+            let frames = stack.split(';').map(str::to_owned).collect();
+            (frames, count.parse().expect("the count is an integer"))
+        })
+        .collect()
+}
+
+/// Sum of counts of stacks that satisfy `pred`.
+pub fn weight(stacks: &[(Vec<String>, u64)], pred: impl Fn(&[String]) -> bool) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| pred(frames))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Whether the stack has a frame equal to `name`.
+pub fn has_frame(frames: &[String], name: &str) -> bool {
+    frames.iter().any(|f| f == name)
+}
+
+/// stderr as text, and a readable dump of an output for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,425 @@
+//! Recordings of real workloads: where the samples land, and how they are named.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+use crate::{describe, has_frame, prof, read_folded, serial, weight, workload};
+
+/// Starts `binary` with `args`, quietly, and waits `settle` for it to get going.
+fn start(binary: &Path, args: &[&str], settle: Duration) -> Child {
+    let child = Command::new(binary)
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("workload starts");
+    sleep(settle);
+    child
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs `prof record -e <events> <flags> -o <output>... [-- <command>]` to completion and
+/// asserts that it succeeded.
+fn record_ok(events: &str, outputs: &[&Path], flags: &[&str], command: &[OsString]) -> Output {
+    let mut prof = prof();
+    prof.args(["record", "-e", events]).args(flags);
+    for output in outputs {
+        prof.arg("-o").arg(output);
+    }
+    if !command.is_empty() {
+        prof.arg("--").args(command);
+    }
+    let output = prof.output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    output
+}
+
+/// Two functions doing the same work per call in a 3:1 ratio are recorded 3:1 (±10%), and
+/// at least 90% of the workload's samples unwind all the way to `main`.
+#[test]
+fn hot_functions_keep_their_ratio() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ratio.folded");
+    let output = record_ok(
+        "cpu-clock",
+        &[&out],
+        &["-F", "999"],
+        &[workload("ratio").into_os_string()],
+    );
+    let stacks = read_folded(&out);
+    let ours: Vec<_> = stacks
+        .into_iter()
+        .filter(|(frames, _)| frames[0] == "ratio")
+        .collect();
+    let three = weight(&ours, |f| has_frame(f, "hot_three"));
+    let one = weight(&ours, |f| has_frame(f, "hot_one"));
+    assert!(one > 0, "hot_one was sampled: {ours:?}");
+    let ratio = three as f64 / one as f64;
+    assert!(
+        (2.7..=3.3).contains(&ratio),
+        "hot_three:hot_one = {ratio:.3}, want 3 ± 10%"
+    );
+    let total = weight(&ours, |_| true);
+    let with_main = weight(&ours, |f| has_frame(f, "main"));
+    let share = with_main as f64 / total as f64;
+    assert!(
+        share >= 0.9,
+        "only {:.1}% of samples reach main: {ours:?}",
+        share * 100.0
+    );
+    // The summary names the hottest functions.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("hot_three"), "{stderr}");
+}
+
+/// With cpu-clock and page-faults recorded by one program through two sets of cookies, each
+/// event's samples land in the function that causes that event: the cookies keep the events
+/// apart. Each event gets its own files, named after it.
+#[test]
+fn cookies_keep_events_apart() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (folded, svg) = (dir.path().join("out.folded"), dir.path().join("out.svg"));
+    let command = [workload("spin_faults").into_os_string()];
+    let output = record_ok("cpu-clock,page-faults", &[&folded, &svg], &[], &command);
+    for name in [
+        "out.cpu-clock.folded",
+        "out.page-faults.folded",
+        "out.cpu-clock.svg",
+        "out.page-faults.svg",
+    ] {
+        assert!(
+            dir.path().join(name).exists(),
+            "{name} written: {}",
+            describe(&output)
+        );
+    }
+    let is_ours = |f: &[String]| f[0] == "spin_faults";
+
+    let faults = read_folded(&dir.path().join("out.page-faults.folded"));
+    let all = weight(&faults, is_ours);
+    let touching = weight(&faults, |f| is_ours(f) && has_frame(f, "touch_pages"));
+    let share = touching as f64 / all as f64;
+    assert!(
+        share >= 0.8,
+        "page faults in touch_pages: {:.1}%: {faults:?}",
+        share * 100.0
+    );
+
+    let clock = read_folded(&dir.path().join("out.cpu-clock.folded"));
+    let all = weight(&clock, is_ours);
+    let spinning = weight(&clock, |f| is_ours(f) && has_frame(f, "spin"));
+    let share = spinning as f64 / all as f64;
+    assert!(
+        share > 0.5,
+        "cpu-clock in spin: {:.1}%: {clock:?}",
+        share * 100.0
+    );
+
+    let svg = std::fs::read_to_string(dir.path().join("out.page-faults.svg")).unwrap();
+    assert!(svg.contains("touch_pages") && svg.contains("page-faults"));
+}
+
+/// `-p` samples a process that was already running, and only it.
+#[test]
+fn pid_mode_samples_a_running_process() {
+    let _serial = serial();
+    let child = start(&workload("forever"), &["20"], Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pid.folded");
+    let pid = child.id().to_string();
+    record_ok("cpu-clock", &[&out], &["-d", "1", "-p", &pid], &[]);
+    stop(child);
+    let stacks = read_folded(&out);
+    assert!(!stacks.is_empty());
+    assert!(
+        stacks.iter().all(|(frames, _)| frames[0] == "forever"),
+        "{stacks:?}"
+    );
+    let hot = weight(&stacks, |f| has_frame(f, "forever_hot"));
+    assert!(
+        hot as f64 >= 0.9 * weight(&stacks, |_| true) as f64,
+        "{stacks:?}"
+    );
+}
+
+/// `-a` sees every process: two different workloads both show up with their functions.
+#[test]
+fn all_cpus_sees_other_processes() {
+    let _serial = serial();
+    let forever = start(&workload("forever"), &["20"], Duration::ZERO);
+    let ratio = start(&workload("ratio"), &["400"], Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("all.folded");
+    record_ok("cpu-clock", &[&out], &["-a", "-d", "1.5"], &[]);
+    stop(forever);
+    stop(ratio);
+    let stacks = read_folded(&out);
+    assert!(
+        weight(&stacks, |f| f[0] == "forever"
+            && has_frame(f, "forever_hot"))
+            > 0,
+        "{stacks:?}"
+    );
+    assert!(
+        weight(&stacks, |f| f[0] == "ratio" && has_frame(f, "hot_three")) > 0,
+        "{stacks:?}"
+    );
+}
+
+/// A syscall-heavy workload shows kernel frames, marked `_[k]`, above its user frames.
+#[test]
+fn kernel_frames_appear_for_syscalls() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sys.folded");
+    record_ok(
+        "cpu-clock",
+        &[&out],
+        &[],
+        &[workload("syscalls").into_os_string()],
+    );
+    let stacks = read_folded(&out);
+    let all = weight(&stacks, |f| f[0] == "syscalls");
+    let kernel = weight(&stacks, |f| {
+        f[0] == "syscalls" && f.iter().any(|x| x.ends_with("_[k]"))
+    });
+    assert!(
+        kernel as f64 > 0.5 * all as f64,
+        "kernel share {kernel}/{all}: {stacks:?}"
+    );
+    // User frames come first, then kernel frames: once a kernel frame appears, all are.
+    let ordered = stacks.iter().all(|(frames, _)| {
+        let first_kernel = frames
+            .iter()
+            .position(|f| f.ends_with("_[k]"))
+            .unwrap_or(frames.len());
+        frames[first_kernel..].iter().all(|f| f.ends_with("_[k]"))
+    });
+    assert!(ordered, "{stacks:?}");
+    let reads = weight(&stacks, |f| {
+        has_frame(f, "read_zeroes") && f.iter().any(|x| x.contains("read") && x.ends_with("_[k]"))
+    });
+    assert!(
+        reads > 0,
+        "a kernel read path under read_zeroes: {stacks:?}"
+    );
+}
+
+/// A command that runs for 0.3 s and exits is still symbolized: named frames, not
+/// `[unknown]`.
+#[test]
+fn short_lived_command_is_symbolized() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("short.folded");
+    record_ok(
+        "cpu-clock",
+        &[&out],
+        &[],
+        &[workload("short_lived").into_os_string()],
+    );
+    let stacks = read_folded(&out);
+    let all = weight(&stacks, |f| f[0] == "short_lived");
+    let named = weight(&stacks, |f| {
+        f[0] == "short_lived" && has_frame(f, "short_lived_hot") && has_frame(f, "main")
+    });
+    assert!(
+        named as f64 >= 0.8 * all as f64,
+        "{named}/{all}: {stacks:?}"
+    );
+}
+
+/// A process that starts and exits while `-a` records is symbolized from the side band.
+#[test]
+fn process_exiting_during_all_cpus_is_symbolized() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exited.folded");
+    let recording = prof()
+        .args(["record", "-a", "-e", "cpu-clock", "-d", "2", "-o"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(700));
+    let status = Command::new(workload("short_lived")).status().unwrap();
+    assert!(status.success());
+    let output = recording.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let stacks = read_folded(&out);
+    let all = weight(&stacks, |f| f[0] == "short_lived");
+    let named = weight(&stacks, |f| {
+        f[0] == "short_lived" && has_frame(f, "short_lived_hot")
+    });
+    assert!(all > 0, "the short-lived process was sampled: {stacks:?}");
+    assert!(
+        named as f64 >= 0.8 * all as f64,
+        "{named}/{all}: {stacks:?}"
+    );
+}
+
+/// Processes the command forks join the target set in the kernel.
+#[test]
+fn forked_children_are_followed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fork.folded");
+    record_ok(
+        "cpu-clock",
+        &[&out],
+        &[],
+        &[workload("forker").into_os_string()],
+    );
+    let stacks = read_folded(&out);
+    let child = weight(&stacks, |f| has_frame(f, "child_hot"));
+    let all = weight(&stacks, |_| true);
+    assert!(
+        child as f64 >= 0.8 * all as f64,
+        "{child}/{all}: {stacks:?}"
+    );
+}
+
+/// prof exits with the command's exit status, and the command's output stays on prof's
+/// stdout.
+#[test]
+fn exit_status_and_output_pass_through() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let output = prof()
+        .args(["record", "-e", "cpu-clock", "-o"])
+        .arg(dir.path().join("x.folded"))
+        .args(["--", "sh", "-c", "echo from-the-command; exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(7), "{}", describe(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "from-the-command\n"
+    );
+    assert!(dir.path().join("x.folded").exists());
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Ctrl-C (SIGINT) stops an open-ended `-a` recording and still writes the profile.
+#[test]
+fn sigint_writes_the_profile() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("int.folded");
+    let busy = start(&workload("forever"), &["20"], Duration::ZERO);
+    let recording = prof()
+        .args(["record", "-a", "-e", "cpu-clock", "-o"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1500));
+    signal(&recording, rustix::process::Signal::INT);
+    let output = recording.wait_with_output().unwrap();
+    stop(busy);
+    assert!(output.status.success(), "{}", describe(&output));
+    let stacks = read_folded(&out);
+    assert!(
+        weight(&stacks, |f| has_frame(f, "forever_hot")) > 0,
+        "{stacks:?}"
+    );
+}
+
+/// SIGTERM to prof while it records a command: the command is stopped too, the profile is
+/// written, and prof exits with the command's status (killed by SIGTERM: 143).
+#[test]
+fn sigterm_stops_the_command_and_writes_the_profile() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("term.folded");
+    let recording = prof()
+        .args(["record", "-e", "cpu-clock", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(workload("forever"))
+        .arg("20")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1500));
+    signal(&recording, rustix::process::Signal::TERM);
+    let output = recording.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143), "{}", describe(&output));
+    let stacks = read_folded(&out);
+    assert!(
+        weight(&stacks, |f| has_frame(f, "forever_hot")) > 0,
+        "{stacks:?}"
+    );
+}
+
+/// `prof list` marks software events usable here, and says why hardware events are not
+/// where there is no PMU.
+#[test]
+fn list_shows_availability() {
+    let output = prof().arg("list").output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} listed: {text}"))
+            .to_owned()
+    };
+    assert!(line("cpu-clock").ends_with("yes"), "{text}");
+    assert!(line("page-faults").ends_with("yes"), "{text}");
+    assert!(line("LLC-load-misses").contains("hardware cache"), "{text}");
+    if prof::events::hardware_pmu_present() {
+        assert!(line("instructions").ends_with("yes"), "{text}");
+    } else {
+        assert!(
+            line("instructions").contains("no: no hardware PMU"),
+            "{text}"
+        );
+        assert!(
+            line("cpu-cycles").contains("falls back to cpu-clock"),
+            "{text}"
+        );
+    }
+}
+
+/// A stack map or counts map too small for the recording loses samples visibly: the kernel
+/// counts them, the summary names the flag that fixes it, and the samples whose stack was not
+/// stored stay in the profile as `[unknown]`.
+#[test]
+fn full_maps_are_counted_and_reported() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.folded");
+    let command = [workload("spin_faults").into_os_string()];
+    let small_stack_map = ["--stack-storage-size", "4"];
+    let output = record_ok("cpu-clock,page-faults", &[&out], &small_stack_map, &command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("stack map full (raise --stack-storage-size)"),
+        "{stderr}"
+    );
+    let stacks = read_folded(&dir.path().join("small.cpu-clock.folded"));
+    assert!(
+        weight(&stacks, |f| has_frame(f, "[unknown]")) > 0,
+        "{stacks:?}"
+    );
+
+    let output = record_ok("cpu-clock", &[&out], &["--counts-map-size", "2"], &command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("counts map full (raise --counts-map-size)"),
+        "{stderr}"
+    );
+}

@@ -78,6 +78,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         eprintln!("prof: warning: {warning}");
     }
     let events = resolved.events;
+    tracing::debug!(events = ?events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
     check_sample_rate(config.sampling)?;
     let cpus = cpus::select(config.cpus.as_deref())?;
     if let Target::Pids(pids) = &config.target {
@@ -144,6 +145,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             .map_err(with_permission_hint)?;
     }
     bpf.enable()?;
+    tracing::debug!(links = bpf.link_count(), cpus = cpus.len(), filter, "sampling started");
     let started = Instant::now();
     if let Some(workload) = &mut workload {
         workload.release()?;
@@ -163,7 +165,9 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let exit_code = finish_workload(workload, stopped)?;
 
     let log = side_band.stop();
+    let stage = Instant::now();
     let drained = drain::drain(&bpf, events.len())?;
+    tracing::debug!(entries = drained.samples.len(), elapsed = ?stage.elapsed(), "drained the counts map");
     let mut process_events: Vec<TimedEvent> = snapshots
         .into_iter()
         .map(|event| TimedEvent {
@@ -172,6 +176,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         })
         .collect();
     process_events.extend(log.events);
+    let process_events_len = process_events.len();
     let mut processes = ProcessTable::build(process_events);
     // Whatever neither source described (e.g. records the kernel dropped) is read now.
     for sample in &drained.samples {
@@ -182,6 +187,13 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         }
     }
 
+    tracing::debug!(
+        side_band_records = process_events_len,
+        processes = processes.len(),
+        lost_records = log.lost_records,
+        "process table built"
+    );
+    let stage = Instant::now();
     let infos: Vec<EventInfo> = events
         .iter()
         .map(|e| EventInfo {
@@ -195,7 +207,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         forks_untracked: drained.stats.forks_untracked,
         side_band_lost: log.lost_records,
     };
+    tracing::debug!(elapsed = ?stage.elapsed(), "symbolized");
+    let stage = Instant::now();
     let written = write_outputs(&files, &profile)?;
+    tracing::debug!(files = written.len(), elapsed = ?stage.elapsed(), "outputs written");
     eprint!("{}", summary::render(&profile, &written));
     Ok(exit_code)
 }

@@ -261,6 +261,13 @@ pub fn snapshot(pid: u32) -> Option<ProcessEvent> {
     })
 }
 
+/// The process (tgid) that `pid` belongs to: itself for a process, its process for a
+/// thread id; `None` if there is no such task.
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    let status = ProcProcess::new(pid as i32).ok()?.status().ok()?;
+    u32::try_from(status.tgid).ok()
+}
+
 /// Snapshots every process in `/proc`.
 pub fn snapshot_all() -> Vec<ProcessEvent> {
     let Ok(all) = procfs::process::all_processes() else {
@@ -466,6 +473,27 @@ mod tests {
                 .any(|m| m.backing == Backing::File(Arc::from(exe.as_path()))),
             "{mappings:?} maps {exe:?}"
         );
+    }
+
+    /// A process is its own tgid; a thread belongs to its process; no task, no tgid.
+    #[test]
+    fn tgids() {
+        let me = std::process::id();
+        assert_eq!(tgid_of(me), Some(me));
+        let (tid_sender, tid) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tid_sender
+                .send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
+                .unwrap();
+            wait.recv().ok();
+        });
+        let tid = tid.recv().unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(tgid_of(tid), Some(me));
+        done.send(()).unwrap();
+        thread.join().unwrap();
+        assert_eq!(tgid_of(u32::MAX - 1), None);
     }
 
     /// Side-band names classify as files, the vDSO, or anonymous memory.

@@ -82,9 +82,15 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     check_sample_rate(config.sampling)?;
     let cpus = cpus::select(config.cpus.as_deref())?;
     if let Target::Pids(pids) = &config.target {
-        for pid in pids {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                bail!("no process with pid {pid}; check the pid with `ps -p {pid}`");
+        for &pid in pids {
+            match procs::tgid_of(pid) {
+                None => bail!("no process with pid {pid}; check the pid with `ps -p {pid}`"),
+                Some(tgid) if tgid != pid => {
+                    bail!(
+                        "{pid} is a thread of process {tgid}; use -p {tgid} (prof samples whole processes)"
+                    )
+                }
+                Some(_) => {}
             }
         }
     }
@@ -145,7 +151,12 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             .map_err(with_permission_hint)?;
     }
     bpf.enable()?;
-    tracing::debug!(links = bpf.link_count(), cpus = cpus.len(), filter, "sampling started");
+    tracing::debug!(
+        links = bpf.link_count(),
+        cpus = cpus.len(),
+        filter,
+        "sampling started"
+    );
     let started = Instant::now();
     if let Some(workload) = &mut workload {
         workload.release()?;

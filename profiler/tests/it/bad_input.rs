@@ -152,9 +152,9 @@ fn hardware_events_without_a_pmu() {
     );
 }
 
-/// A pid that does not exist.
+/// A pid that does not exist, and a thread id given for a process id.
 #[test]
-fn missing_pid() {
+fn missing_pid_and_thread_ids() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.svg");
     // Above the kernel's pid_max limit, so it can never exist.
@@ -164,6 +164,28 @@ fn missing_pid() {
         .output()
         .unwrap();
     assert_refused(&output, &["no process with pid 99999999"]);
+    // A thread of this test process: its tid is not a pid.
+    let (tid_sender, tid) = std::sync::mpsc::channel();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        tid_sender
+            .send(rustix::thread::gettid().as_raw_nonzero().get())
+            .unwrap();
+        wait.recv().ok();
+    });
+    let tid = tid.recv().unwrap().to_string();
+    let pid = std::process::id().to_string();
+    let output = prof()
+        .args(["record", "-e", "cpu-clock", "-p", &tid, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    done.send(()).unwrap();
+    thread.join().unwrap();
+    assert_refused(
+        &output,
+        &["is a thread of process", &format!("use -p {pid}")],
+    );
     assert!(!out.exists());
 }
 

@@ -30,8 +30,8 @@ pub fn serial() -> MutexGuard<'static, ()> {
     guard
 }
 
-/// Builds `tests/workloads/<name>.c` with frame pointers and debug info, once per run, and
-/// returns the binary's path.
+/// Builds the workload `tests/workloads/<name>.{c,cpp,rs}` with frame pointers and debug
+/// info, once per run, and returns the binary's path.
 pub fn workload(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
@@ -41,25 +41,38 @@ pub fn workload(name: &str) -> PathBuf {
     if let Some(path) = built.get(name) {
         return path.clone();
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/workloads")
-        .join(format!("{name}.c"));
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     std::fs::create_dir_all(&out_dir).unwrap();
     let binary = out_dir.join(name);
-    let status = Command::new("cc")
-        .args([
-            "-O1",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-Wall",
-            "-Werror",
-            "-o",
-        ])
+    let c_flags = [
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-Wall",
+        "-Werror",
+        "-o",
+    ];
+    let (source, mut compiler) = match ["c", "cpp", "rs"]
+        .into_iter()
+        .map(|ext| sources.join(format!("{name}.{ext}")))
+        .find(|path| path.exists())
+    {
+        Some(path) if path.extension().unwrap() == "c" => (path, Command::new("cc")),
+        Some(path) if path.extension().unwrap() == "cpp" => (path, Command::new("c++")),
+        Some(path) => (path, Command::new("rustc")),
+        None => panic!("no workload source for {name} in {}", sources.display()),
+    };
+    if source.extension().unwrap() == "rs" {
+        compiler.args(["-O", "-g", "-C", "force-frame-pointers=yes", "-o"]);
+    } else {
+        compiler.args(c_flags);
+    }
+    let status = compiler
         .arg(&binary)
         .arg(&source)
         .status()
-        .expect("cc runs (the tests build their workloads with the system C compiler)");
+        .expect("the workload's compiler runs (cc, c++ or rustc)");
     assert!(status.success(), "compiling {}", source.display());
     built.insert(name.to_owned(), binary.clone());
     binary
@@ -85,6 +98,26 @@ pub fn weight(stacks: &[(Vec<String>, u64)], pred: impl Fn(&[String]) -> bool) -
         .filter(|(frames, _)| pred(frames))
         .map(|(_, n)| n)
         .sum()
+}
+
+/// Asserts that among the stacks matching `within`, those also matching `matching` carry at
+/// least `min` of the weight; `what` names the check in the failure message.
+pub fn assert_share(
+    stacks: &[(Vec<String>, u64)],
+    within: impl Fn(&[String]) -> bool,
+    matching: impl Fn(&[String]) -> bool,
+    min: f64,
+    what: &str,
+) {
+    let all = weight(stacks, &within);
+    assert!(all > 0, "{what}: no stack to judge by in {stacks:?}");
+    let share = weight(stacks, |f| within(f) && matching(f)) as f64 / all as f64;
+    assert!(
+        share >= min,
+        "{what}: {:.1}% < {:.0}% in {stacks:?}",
+        share * 100.0,
+        min * 100.0
+    );
 }
 
 /// Whether the stack has a frame equal to `name`.

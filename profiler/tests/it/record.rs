@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
-use crate::{describe, has_frame, prof, read_folded, serial, weight, workload};
+use crate::{assert_share, describe, has_frame, prof, read_folded, serial, weight, workload};
 
 /// Starts `binary` with `args`, quietly, and waits `settle` for it to get going.
 fn start(binary: &Path, args: &[&str], settle: Duration) -> Child {
@@ -66,13 +66,12 @@ fn hot_functions_keep_their_ratio() {
         (2.7..=3.3).contains(&ratio),
         "hot_three:hot_one = {ratio:.3}, want 3 ± 10%"
     );
-    let total = weight(&ours, |_| true);
-    let with_main = weight(&ours, |f| has_frame(f, "main"));
-    let share = with_main as f64 / total as f64;
-    assert!(
-        share >= 0.9,
-        "only {:.1}% of samples reach main: {ours:?}",
-        share * 100.0
+    assert_share(
+        &ours,
+        |_| true,
+        |f| has_frame(f, "main"),
+        0.9,
+        "stacks that reach main",
     );
     // The summary names the hottest functions.
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -104,24 +103,18 @@ fn cookies_keep_events_apart() {
     let is_ours = |f: &[String]| f[0] == "spin_faults";
 
     let faults = read_folded(&dir.path().join("out.page-faults.folded"));
-    let all = weight(&faults, is_ours);
-    let touching = weight(&faults, |f| is_ours(f) && has_frame(f, "touch_pages"));
-    let share = touching as f64 / all as f64;
-    assert!(
-        share >= 0.8,
-        "page faults in touch_pages: {:.1}%: {faults:?}",
-        share * 100.0
+    let touching = |f: &[String]| has_frame(f, "touch_pages");
+    assert_share(
+        &faults,
+        is_ours,
+        touching,
+        0.8,
+        "page faults in touch_pages",
     );
 
     let clock = read_folded(&dir.path().join("out.cpu-clock.folded"));
-    let all = weight(&clock, is_ours);
-    let spinning = weight(&clock, |f| is_ours(f) && has_frame(f, "spin"));
-    let share = spinning as f64 / all as f64;
-    assert!(
-        share > 0.5,
-        "cpu-clock in spin: {:.1}%: {clock:?}",
-        share * 100.0
-    );
+    let spinning = |f: &[String]| has_frame(f, "spin");
+    assert_share(&clock, is_ours, spinning, 0.5, "cpu-clock in spin");
 
     let svg = std::fs::read_to_string(dir.path().join("out.page-faults.svg")).unwrap();
     assert!(svg.contains("touch_pages") && svg.contains("page-faults"));
@@ -143,11 +136,8 @@ fn pid_mode_samples_a_running_process() {
         stacks.iter().all(|(frames, _)| frames[0] == "forever"),
         "{stacks:?}"
     );
-    let hot = weight(&stacks, |f| has_frame(f, "forever_hot"));
-    assert!(
-        hot as f64 >= 0.9 * weight(&stacks, |_| true) as f64,
-        "{stacks:?}"
-    );
+    let hot = |f: &[String]| has_frame(f, "forever_hot");
+    assert_share(&stacks, |_| true, hot, 0.9, "samples in forever_hot");
 }
 
 /// `-a` sees every process: two different workloads both show up with their functions.
@@ -187,14 +177,9 @@ fn kernel_frames_appear_for_syscalls() {
         &[workload("syscalls").into_os_string()],
     );
     let stacks = read_folded(&out);
-    let all = weight(&stacks, |f| f[0] == "syscalls");
-    let kernel = weight(&stacks, |f| {
-        f[0] == "syscalls" && f.iter().any(|x| x.ends_with("_[k]"))
-    });
-    assert!(
-        kernel as f64 > 0.5 * all as f64,
-        "kernel share {kernel}/{all}: {stacks:?}"
-    );
+    let ours = |f: &[String]| f[0] == "syscalls";
+    let in_kernel = |f: &[String]| f.iter().any(|x| x.ends_with("_[k]"));
+    assert_share(&stacks, ours, in_kernel, 0.5, "samples with kernel frames");
     // User frames come first, then kernel frames: once a kernel frame appears, all are.
     let ordered = stacks.iter().all(|(frames, _)| {
         let first_kernel = frames
@@ -227,13 +212,14 @@ fn short_lived_command_is_symbolized() {
         &[workload("short_lived").into_os_string()],
     );
     let stacks = read_folded(&out);
-    let all = weight(&stacks, |f| f[0] == "short_lived");
-    let named = weight(&stacks, |f| {
-        f[0] == "short_lived" && has_frame(f, "short_lived_hot") && has_frame(f, "main")
-    });
-    assert!(
-        named as f64 >= 0.8 * all as f64,
-        "{named}/{all}: {stacks:?}"
+    let ours = |f: &[String]| f[0] == "short_lived";
+    let named = |f: &[String]| has_frame(f, "short_lived_hot") && has_frame(f, "main");
+    assert_share(
+        &stacks,
+        ours,
+        named,
+        0.8,
+        "named short_lived_hot under main",
     );
 }
 
@@ -255,14 +241,14 @@ fn process_exiting_during_all_cpus_is_symbolized() {
     let output = recording.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", describe(&output));
     let stacks = read_folded(&out);
-    let all = weight(&stacks, |f| f[0] == "short_lived");
-    let named = weight(&stacks, |f| {
-        f[0] == "short_lived" && has_frame(f, "short_lived_hot")
-    });
-    assert!(all > 0, "the short-lived process was sampled: {stacks:?}");
-    assert!(
-        named as f64 >= 0.8 * all as f64,
-        "{named}/{all}: {stacks:?}"
+    let ours = |f: &[String]| f[0] == "short_lived";
+    let named = |f: &[String]| has_frame(f, "short_lived_hot");
+    assert_share(
+        &stacks,
+        ours,
+        named,
+        0.8,
+        "the exited process's named frames",
     );
 }
 
@@ -279,12 +265,8 @@ fn forked_children_are_followed() {
         &[workload("forker").into_os_string()],
     );
     let stacks = read_folded(&out);
-    let child = weight(&stacks, |f| has_frame(f, "child_hot"));
-    let all = weight(&stacks, |_| true);
-    assert!(
-        child as f64 >= 0.8 * all as f64,
-        "{child}/{all}: {stacks:?}"
-    );
+    let child = |f: &[String]| has_frame(f, "child_hot");
+    assert_share(&stacks, |_| true, child, 0.8, "samples in the forked child");
 }
 
 /// prof exits with the command's exit status, and the command's output stays on prof's
@@ -421,5 +403,55 @@ fn full_maps_are_counted_and_reported() {
     assert!(
         stderr.contains("counts map full (raise --counts-map-size)"),
         "{stderr}"
+    );
+}
+
+/// C++ and Rust names are demangled, and inlined functions are frames of their own, under the
+/// function they were inlined into.
+#[test]
+fn names_are_demangled_and_inlined_frames_shown() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cpp.folded");
+    record_ok(
+        "cpu-clock",
+        &[&out],
+        &[],
+        &[workload("demangle_cpp").into_os_string()],
+    );
+    let stacks = read_folded(&out);
+    let demangled = |f: &[String]| has_frame(f, "geometry::Shape<unsigned long>::area_loop(long)");
+    assert_share(
+        &stacks,
+        |_| true,
+        demangled,
+        0.8,
+        "the demangled C++ method",
+    );
+
+    let out = dir.path().join("rs.folded");
+    record_ok(
+        "cpu-clock",
+        &[&out],
+        &[],
+        &[workload("demangle_rs").into_os_string()],
+    );
+    let stacks = read_folded(&out);
+    let method = "demangle_rs::geometry::Shape::area_loop";
+    let demangled = |f: &[String]| has_frame(f, method);
+    assert_share(
+        &stacks,
+        |_| true,
+        demangled,
+        0.8,
+        "the demangled Rust method",
+    );
+    let inlined = weight(&stacks, |f| {
+        f.windows(2)
+            .any(|pair| pair[0] == method && pair[1].contains("wrapping_"))
+    });
+    assert!(
+        inlined > 0,
+        "an inlined wrapping_* frame above {method}: {stacks:?}"
     );
 }

@@ -52,13 +52,16 @@ ABI(stat_no_stack, PROF_STAT_NO_STACK);
 ABI(stat_map_full, PROF_STAT_MAP_FULL);
 ABI(global_forks_untracked, PROF_GLOBAL_FORKS_UNTRACKED);
 
-/* Stacks by content hash; entries are allocated as stacks appear, not up front. */
+/*
+ * Stacks by content hash. Preallocated: a map that allocates on insert can fail with
+ * -ENOMEM whenever a CPU meets new stacks faster than the BPF allocator refills its
+ * per-CPU cache (seen on 16 CPUs with 17 distinct stacks), so "full" would not mean full.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct stack_trace);
-	__uint(max_entries, 65536); /* --stack-storage-size */
+	__uint(max_entries, 32768); /* --stack-storage-size */
 } stacks SEC(".maps");
 
 /* Where bpf_get_stack writes: a stack is too large for the BPF stack. */
@@ -80,7 +83,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
 	__type(value, __u8);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384); /* set by userspace: 1 when not filtering */
 } targets SEC(".maps");
 
 struct {

@@ -182,6 +182,10 @@ pub struct KernelStats {
     pub forks_untracked: u64,
 }
 
+/// Processes the target set holds at once: the command or `-p` processes and their live
+/// descendants.
+const TARGETS: u32 = 16384;
+
 const SAMPLE_PROGRAM: &str = "on_sample";
 const FORK_PROGRAM: &str = "on_process_fork";
 const EXIT_PROGRAM: &str = "on_process_exit";
@@ -201,6 +205,8 @@ impl BpfProfiler {
             .override_global("filter_tgids", &filter, true)
             .map_max_entries("stacks", config.stack_storage_size)
             .map_max_entries("counts", config.counts_map_size)
+            // The target set is preallocated; without a filter it is never read.
+            .map_max_entries("targets", if config.filter_tgids { TARGETS } else { 1 })
             .load(PROGRAM_OBJECT)?;
         let program: &mut PerfEvent = ebpf
             .program_mut(SAMPLE_PROGRAM)

@@ -97,9 +97,9 @@ pub struct RecordArgs {
     )]
     pub outputs: Vec<PathBuf>,
 
-    /// Distinct stacks the kernel can store (about 1 KiB each, allocated as stacks appear);
-    /// raise it when the summary reports a full stack map.
-    #[arg(long, value_name = "N", default_value_t = 65536)]
+    /// Distinct stacks the kernel can store (about 1 KiB of kernel memory each, reserved up
+    /// front); raise it when the summary reports a full stack map.
+    #[arg(long, value_name = "N", default_value_t = 32768)]
     pub stack_storage_size: u32,
 
     /// Distinct (process, event, stack) entries the kernel can count; raise it when the

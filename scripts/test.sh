@@ -1,16 +1,17 @@
 #!/bin/sh
-# Installs what the build needs, then runs prof's checks and tests: formatting, clippy, the
-# unit tests, and the integration tests, which load the real BPF program and attach it to
-# real perf events, so they run as root (through sudo when this user is not root).
+# Installs what the build and tests need (clang, libbpf-dev, libcap2-bin), then runs prof's
+# checks and tests: formatting, clippy, the unit tests, and the integration tests, which
+# load the real BPF program and attach it to real perf events, so they run as root
+# (through sudo when this user is not root).
 # CI (.ci/run) runs exactly this.
 set -eu
 cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 
-if ! command -v clang >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ]; then
+if ! command -v clang >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ] || [ ! -x /usr/sbin/setcap ]; then
     $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev libcap2-bin
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -22,4 +22,5 @@ pub mod profile;
 pub mod sideband;
 pub mod summary;
 pub mod symbolize;
+pub mod text;
 pub mod workload;

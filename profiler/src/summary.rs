@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::events::Unit;
-use crate::export::flamegraph::thousands;
 use crate::profile::{EventProfile, Profile};
+use crate::text::thousands;
 
 /// How many hottest functions to list.
 pub const HOTTEST: usize = 5;

@@ -15,13 +15,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats};
 use prof::events::{self, Event};
-use prof::export::flamegraph::thousands;
 use prof::export::{self, OutputFile};
 use prof::perf::{self, Sampling};
 use prof::procs::{self, ProcessTable, TimedEvent};
 use prof::profile::Profile;
 use prof::sideband::SideBandReader;
 use prof::symbolize::{EventInfo, Symbolizer};
+use prof::text::thousands;
 use prof::workload::{self, Workload};
 use prof::{cpus, drain, privilege, summary};
 

@@ -11,6 +11,7 @@ use inferno::flamegraph::color::{MultiPalette, Palette};
 use crate::events::Unit;
 use crate::export::folded;
 use crate::profile::EventProfile;
+use crate::text::thousands;
 
 /// How to draw a flame graph.
 #[derive(Clone, Debug, Default)]
@@ -66,32 +67,10 @@ pub fn subtitle(profile: &EventProfile) -> String {
     )
 }
 
-/// 1234567 → "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::profile::{Frame, Value};
-
-    /// Thousands separators.
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1234567), "1,234,567");
-    }
 
     /// The SVG carries the title, the subtitle with the totals, and the frames.
     #[test]

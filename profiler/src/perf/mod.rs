@@ -187,9 +187,10 @@ impl PerfLink {
     }
 }
 
-/// Size of each CPU's side-band ring buffer. Mappings and process records are small; this
-/// holds tens of thousands of them between two reads.
-const SIDE_BAND_BYTES: usize = 1 << 20;
+/// Size of each CPU's side-band ring buffer: about 2,000 mapping records, drained every
+/// 20 ms. It stays within the kernel's per-user allowance for locked perf buffers
+/// (kernel.perf_event_mlock_kb per CPU), so prof also runs with capabilities instead of root.
+const SIDE_BAND_BYTES: usize = 256 << 10;
 
 /// Opens the side-band event on `cpu`: a dummy software event that reports every process's
 /// executable mappings (MMAP2, with build ids where the kernel can), names (COMM), forks and

@@ -79,6 +79,38 @@ fn not_root_says_how_to_fix_it() {
     assert!(!out.exists());
 }
 
+/// The fix the error suggests works: an unprivileged user can record once the binary has
+/// CAP_BPF and CAP_PERFMON.
+#[test]
+fn capabilities_instead_of_root_work() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = world_executable_prof(dir.path());
+    let status = Command::new("setcap")
+        .args(["cap_bpf,cap_perfmon+ep"])
+        .arg(&binary)
+        .status()
+        .expect("setcap (libcap2-bin) runs");
+    assert!(status.success());
+    let out = dir.path().join("caps.folded");
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&binary)
+        .args(["record", "-e", "cpu-clock", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(crate::workload("ratio"))
+        .arg("30")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert!(output.status.success(), "{}", describe(&output));
+    let stacks = crate::read_folded(&out);
+    assert!(
+        crate::weight(&stacks, |f| crate::has_frame(f, "hot_three")) > 0,
+        "{stacks:?}"
+    );
+}
+
 /// Root without CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN) is refused the same way.
 #[test]
 fn missing_capabilities_are_named() {

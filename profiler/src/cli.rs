@@ -33,15 +33,17 @@ pub enum Command {
 
 const RECORD_EXAMPLES: &str = "\
 Examples:
-  sudo prof record -- ./app --flag          profile a command (and what it forks)
+  # A command, and everything it forks:
+  sudo prof record -- ./app --flag
+  # One flame graph per event, out.cpu-clock.svg and out.page-faults.svg:
   sudo prof record -e cpu-clock,page-faults -o out.svg -- ./app
-                                            one flame graph per event: out.cpu-clock.svg, out.page-faults.svg
+  # 10 s of a running process, as collapsed stacks:
   sudo prof record -p 1234 -d 10 -o app.folded
-                                            10 s of a running process, as collapsed stacks
-  sudo prof record -a -d 5                  the whole machine for 5 s, into prof.svg
+  # The whole machine for 5 s, into prof.svg:
+  sudo prof record -a -d 5
 
-Recording stops when the command exits, after --duration, or on Ctrl-C / SIGTERM; the
-outputs are written in every case. prof needs root, or CAP_BPF and CAP_PERFMON.";
+Recording stops when the command exits, after --duration, or on Ctrl-C / SIGTERM; the outputs
+are written in every case. prof needs root, or CAP_BPF and CAP_PERFMON.";
 
 /// `prof record` flags.
 #[derive(Debug, Args)]

@@ -125,7 +125,9 @@ impl Symbolizer {
     ) -> HashMap<(u32, u64), Resolution> {
         // Pass 1: where does each unique (process, address) point?
         let mut files: Vec<(Arc<Path>, BTreeSet<u64>)> = Vec::new();
+        // By the path to open; and by (process, mapped path), so each is looked up once.
         let mut file_index: HashMap<Arc<Path>, usize> = HashMap::new();
+        let mut file_of_mapping: HashMap<(u32, Arc<Path>), usize> = HashMap::new();
         let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::new();
         for sample in samples {
             for (depth, &ip) in sample.user.frames().iter().enumerate() {
@@ -147,11 +149,15 @@ impl Symbolizer {
                             return UserLocation::Unknown(UnknownReason::Anonymous);
                         }
                     };
-                    let opened: Arc<Path> = Arc::from(openable_path(sample.tgid, path));
-                    let file = *file_index.entry(Arc::clone(&opened)).or_insert_with(|| {
-                        files.push((opened, BTreeSet::new()));
-                        files.len() - 1
-                    });
+                    let file = *file_of_mapping
+                        .entry((sample.tgid, Arc::clone(path)))
+                        .or_insert_with(|| {
+                            let opened: Arc<Path> = Arc::from(openable_path(sample.tgid, path));
+                            *file_index.entry(Arc::clone(&opened)).or_insert_with(|| {
+                                files.push((opened, BTreeSet::new()));
+                                files.len() - 1
+                            })
+                        });
                     let offset = mapping.file_offset_of(addr);
                     files[file].1.insert(offset);
                     UserLocation::File { file, offset }

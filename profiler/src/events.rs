@@ -672,7 +672,7 @@ pub fn resolve(
                     modifiers: event.modifiers,
                 };
                 warnings.push(format!(
-                    "{} is not supported here ({}); falling back to {}",
+                    "{} is not supported here: {}; falling back to {}",
                     event.name(),
                     unsupported_reason(event, &err),
                     fallback.name()

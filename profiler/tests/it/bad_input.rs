@@ -51,6 +51,19 @@ fn world_executable_prof(dir: &Path) -> std::path::PathBuf {
     copy
 }
 
+/// `<binary> record -e cpu-clock -o <out> -- <command>`, run as the user `nobody`.
+fn record_as_nobody(binary: &Path, out: &Path, command: &[&std::ffi::OsStr]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(binary)
+        .args(["record", "-e", "cpu-clock", "-o"])
+        .arg(out)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("setpriv (util-linux) runs")
+}
+
 /// Not root: the error says to use sudo or grant CAP_BPF and CAP_PERFMON.
 #[test]
 fn not_root_says_how_to_fix_it() {
@@ -58,14 +71,7 @@ fn not_root_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
     let binary = world_executable_prof(dir.path());
     let out = dir.path().join("out.svg");
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&binary)
-        .args(["record", "-e", "cpu-clock", "-o"])
-        .arg(&out)
-        .args(["--", "true"])
-        .output()
-        .expect("setpriv (util-linux) runs");
+    let output = record_as_nobody(&binary, &out, &["true".as_ref()]);
     assert_refused(
         &output,
         &[
@@ -93,16 +99,8 @@ fn capabilities_instead_of_root_work() {
         .expect("setcap (libcap2-bin) runs");
     assert!(status.success());
     let out = dir.path().join("caps.folded");
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&binary)
-        .args(["record", "-e", "cpu-clock", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(crate::workload("ratio"))
-        .arg("30")
-        .output()
-        .expect("setpriv (util-linux) runs");
+    let ratio = crate::workload("ratio");
+    let output = record_as_nobody(&binary, &out, &[ratio.as_os_str(), "30".as_ref()]);
     assert!(output.status.success(), "{}", describe(&output));
     let stacks = crate::read_folded(&out);
     assert!(

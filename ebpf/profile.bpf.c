@@ -128,18 +128,16 @@ static __always_inline __u64 stack_id(const struct stack_trace *stack, __u32 dep
 }
 
 /*
- * Takes the user (BPF_F_USER_STACK) or kernel (0) stack and stores it in `stacks` unless it
+ * Takes the user (BPF_F_USER_STACK) or kernel (0) stack into `stack` (this CPU's scratch
+ * buffer) and stores it in `stacks` unless it
  * is there already. Returns its id, or an errno below PROF_STACK_ID_MIN.
  */
-static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, __u64 flags)
+static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, struct stack_trace *stack,
+					    __u64 flags)
 {
-	__u32 zero = 0;
-	struct stack_trace *stack = bpf_map_lookup_elem(&scratch, &zero);
 	long bytes, err;
 	__u64 id;
 
-	if (!stack)
-		return EFAULT;
 	/* bpf_get_stack zero-fills the rest of the buffer. */
 	bytes = bpf_get_stack(ctx, stack->ips, sizeof(stack->ips), flags);
 	if (bytes < 0)
@@ -168,10 +166,15 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	__u32 event = cookie & PROF_COOKIE_EVENT_MASK;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct sample_value *value;
+	struct stack_trace *stack;
+	__u32 zero = 0;
 
 	if (event >= PROF_MAX_EVENTS)
 		return 0;
 	if (filter_tgids && !bpf_map_lookup_elem(&targets, &tgid))
+		return 0;
+	stack = bpf_map_lookup_elem(&scratch, &zero);
+	if (!stack)
 		return 0;
 
 	struct sample_key key = {
@@ -181,9 +184,9 @@ int on_sample(struct bpf_perf_event_data *ctx)
 		.kernel_stack = PROF_STACK_NOT_TAKEN,
 	};
 	if (cookie & PROF_COOKIE_USER_STACK)
-		key.user_stack = take_stack(ctx, BPF_F_USER_STACK);
+		key.user_stack = take_stack(ctx, stack, BPF_F_USER_STACK);
 	if (cookie & PROF_COOKIE_KERNEL_STACK)
-		key.kernel_stack = take_stack(ctx, 0);
+		key.kernel_stack = take_stack(ctx, stack, 0);
 
 	bump(event, PROF_STAT_SAMPLES);
 	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)

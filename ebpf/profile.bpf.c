@@ -129,8 +129,8 @@ static __always_inline __u64 stack_id(const struct stack_trace *stack, __u32 dep
 
 /*
  * Takes the user (BPF_F_USER_STACK) or kernel (0) stack into `stack` (this CPU's scratch
- * buffer) and stores it in `stacks` unless it
- * is there already. Returns its id, or an errno below PROF_STACK_ID_MIN.
+ * buffer) and stores it in `stacks` unless it is there already. Returns its id, or an errno
+ * below PROF_STACK_ID_MIN.
  */
 static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, struct stack_trace *stack,
 					    __u64 flags)

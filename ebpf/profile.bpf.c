@@ -154,9 +154,10 @@ static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, struct 
 	return id;
 }
 
-static __always_inline int stack_missing(__u64 id)
+/* No frames on this side: not asked for, or not taken (but not lost to a full map). */
+static __always_inline int no_frames(__u64 id)
 {
-	return id != PROF_STACK_NOT_TAKEN && id < PROF_STACK_ID_MIN && id != E2BIG;
+	return id < PROF_STACK_ID_MIN && id != E2BIG;
 }
 
 SEC("perf_event")
@@ -191,8 +192,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	bump(event, PROF_STAT_SAMPLES);
 	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)
 		bump(event, PROF_STAT_STACK_MAP_FULL);
-	else if ((key.user_stack == PROF_STACK_NOT_TAKEN || stack_missing(key.user_stack)) &&
-		 (key.kernel_stack == PROF_STACK_NOT_TAKEN || stack_missing(key.kernel_stack)))
+	else if (no_frames(key.user_stack) && no_frames(key.kernel_stack))
 		bump(event, PROF_STAT_NO_STACK);
 
 	value = bpf_map_lookup_elem(&counts, &key);

@@ -7,7 +7,8 @@
 //! them against the compiled object.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{PerfEvent, ProgramError, RawTracePoint};
@@ -132,6 +133,9 @@ pub enum BpfError {
     /// A perf syscall failed.
     #[error(transparent)]
     Perf(#[from] PerfError),
+    /// `bpf(BPF_ENABLE_STATS)` failed.
+    #[error("turning on BPF run-time statistics (bpf BPF_ENABLE_STATS) failed")]
+    EnableStats(#[source] io::Error),
 }
 
 impl BpfError {
@@ -141,6 +145,9 @@ impl BpfError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = self.source();
         if let BpfError::Perf(err) = self {
             return Some(err.io_error());
+        }
+        if let BpfError::EnableStats(err) = self {
+            return Some(err);
         }
         while let Some(err) = source {
             if let Some(io) = err.downcast_ref::<io::Error>() {
@@ -180,6 +187,38 @@ pub struct KernelStats {
     pub events: Vec<EventStats>,
     /// Children of targets that could not join the target set.
     pub forks_untracked: u64,
+}
+
+/// How long the sampling program has run in the kernel, from its `bpf_prog_info`. Only
+/// counted while BPF run-time statistics are on ([`RunStatsGuard`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Total time spent in the program (`run_time_ns`).
+    pub run_time: Duration,
+    /// Times the program ran (`run_cnt`): one per sample, before the target filter.
+    pub runs: u64,
+}
+
+impl RunStats {
+    /// Mean nanoseconds per run, if the program ran.
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_time.as_nanos() as f64 / self.runs as f64)
+    }
+}
+
+/// BPF run-time statistics stay on while this lives. They are system-wide: every BPF
+/// program on the machine pays two clock reads per run while any holder keeps them on.
+#[derive(Debug)]
+pub struct RunStatsGuard {
+    _fd: OwnedFd,
+}
+
+/// Turns on BPF run-time statistics (`bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)`) until the
+/// guard is dropped.
+pub fn enable_run_stats() -> Result<RunStatsGuard, BpfError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map(|fd| RunStatsGuard { _fd: fd })
+        .map_err(|err| BpfError::EnableStats(err.io_error))
 }
 
 /// Processes the target set holds at once: the command or `-p` processes and their live
@@ -296,6 +335,21 @@ impl BpfProfiler {
     /// How many (CPU, event) links are attached.
     pub fn link_count(&self) -> usize {
         self.links.len()
+    }
+
+    /// The sampling program's run time and run count so far (`BPF_OBJ_GET_INFO_BY_FD`).
+    pub fn run_stats(&self) -> Result<RunStats, BpfError> {
+        let program: &PerfEvent = self
+            .ebpf
+            .program(SAMPLE_PROGRAM)
+            .expect("the object defines on_sample")
+            .try_into()
+            .map_err(program_err(SAMPLE_PROGRAM))?;
+        let info = program.info().map_err(program_err(SAMPLE_PROGRAM))?;
+        Ok(RunStats {
+            run_time: info.run_time(),
+            runs: info.run_count(),
+        })
     }
 
     /// Stops sampling: closes every link and perf event. The maps stay readable.

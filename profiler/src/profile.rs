@@ -188,6 +188,33 @@ pub struct Profile {
     pub forks_untracked: u64,
     /// Side-band records the kernel dropped (mappings of new processes may be missing).
     pub side_band_lost: u64,
+    /// What sampling cost in the kernel, when BPF run-time statistics could be turned on.
+    pub sampling_cost: Option<SamplingCost>,
+}
+
+/// What the BPF program cost while recording, from BPF run-time statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplingCost {
+    /// Time the program ran, summed over CPUs.
+    pub run_time: Duration,
+    /// Times it ran: one per sample on the sampled CPUs, including samples of processes the
+    /// target filter then dropped.
+    pub runs: u64,
+    /// How many CPUs were sampled.
+    pub cpus: usize,
+}
+
+impl SamplingCost {
+    /// Mean nanoseconds in the kernel per sample.
+    pub fn ns_per_sample(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_time.as_nanos() as f64 / self.runs as f64)
+    }
+
+    /// The share of the sampled CPUs' time that the program took over `wall` time.
+    pub fn cpu_share(&self, wall: Duration) -> Option<f64> {
+        let available = wall.as_secs_f64() * self.cpus as f64;
+        (available > 0.0).then(|| self.run_time.as_secs_f64() / available)
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::events::Unit;
-use crate::profile::{EventProfile, Profile};
+use crate::profile::{EventProfile, Profile, SamplingCost};
 use crate::text::thousands;
 
 /// How many hottest functions to list.
@@ -21,6 +22,9 @@ pub fn render(profile: &Profile, written: &[(usize, PathBuf)]) -> String {
         for (_, path) in written.iter().filter(|(i, _)| *i == index) {
             let _ = writeln!(out, "  wrote {}", path.display());
         }
+    }
+    if let Some(cost) = &profile.sampling_cost {
+        render_cost(&mut out, cost, profile.duration);
     }
     if profile.forks_untracked > 0 {
         let _ = writeln!(
@@ -38,6 +42,29 @@ pub fn render(profile: &Profile, written: &[(usize, PathBuf)]) -> String {
         );
     }
     out
+}
+
+/// "sampling cost: 1,180 ns per sample in the kernel (17,449 samples), 0.41% of 2 CPUs":
+/// the BPF program's mean run time per sample, and its run time over the sampled CPUs' time.
+fn render_cost(out: &mut String, cost: &SamplingCost, wall: Duration) {
+    let Some(ns) = cost.ns_per_sample() else {
+        let _ = writeln!(out, "sampling cost: no samples taken");
+        return;
+    };
+    let share = cost
+        .cpu_share(wall)
+        .map(|share| {
+            let plural = if cost.cpus == 1 { "" } else { "s" };
+            format!(", {:.2}% of {} CPU{plural}", share * 100.0, cost.cpus)
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "sampling cost: {} ns per sample in the kernel ({} samples){}",
+        thousands(ns.round() as u64),
+        thousands(cost.runs),
+        share
+    );
 }
 
 fn render_event(out: &mut String, event: &EventProfile, seconds: f64) {
@@ -126,7 +153,12 @@ mod tests {
         event.unknown.insert(UnknownReason::Unmapped, 7);
         let profile = Profile {
             events: vec![event],
-            duration: std::time::Duration::from_secs(2),
+            duration: Duration::from_secs(2),
+            sampling_cost: Some(SamplingCost {
+                run_time: Duration::from_millis(20),
+                runs: 16_000,
+                cpus: 2,
+            }),
             ..Profile::default()
         };
         let text = render(&profile, &[(0, PathBuf::from("prof.svg"))]);
@@ -144,5 +176,12 @@ mod tests {
         );
         assert!(text.contains("100.0%  hot"), "{text}");
         assert!(text.contains("wrote prof.svg"), "{text}");
+        // 20 ms over 16,000 runs; 20 ms of 2 CPUs × 2 s.
+        assert!(
+            text.contains(
+                "sampling cost: 1,250 ns per sample in the kernel (16,000 samples), 0.50% of 2 CPUs"
+            ),
+            "{text}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use prof::events::{self, Event};
 use prof::export::{self, OutputFile};
 use prof::perf::{self, Sampling};
 use prof::procs::{self, ProcessTable, TimedEvent};
-use prof::profile::Profile;
+use prof::profile::{Profile, SamplingCost};
 use prof::sideband::SideBandReader;
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::text::thousands;
@@ -150,6 +150,14 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         bpf.attach(index, event, config.sampling, &cpus)
             .map_err(with_permission_hint)?;
     }
+    // BPF run-time statistics measure what sampling costs; they stay on only while we record.
+    let run_stats_guard = match prof::bpf::enable_run_stats() {
+        Ok(guard) => Some(guard),
+        Err(err) => {
+            tracing::debug!("no sampling cost: {:#}", anyhow::Error::new(err));
+            None
+        }
+    };
     bpf.enable()?;
     tracing::debug!(
         links = bpf.link_count(),
@@ -173,6 +181,18 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     )?;
     bpf.detach();
     let duration = started.elapsed();
+    let sampling_cost = match run_stats_guard.map(|_guard| bpf.run_stats()) {
+        Some(Ok(stats)) => Some(SamplingCost {
+            run_time: stats.run_time,
+            runs: stats.runs,
+            cpus: cpus.len(),
+        }),
+        Some(Err(err)) => {
+            tracing::debug!("no sampling cost: {:#}", anyhow::Error::new(err));
+            None
+        }
+        None => None,
+    };
     let exit_code = finish_workload(workload, stopped)?;
 
     let log = side_band.stop();
@@ -217,6 +237,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         duration,
         forks_untracked: drained.stats.forks_untracked,
         side_band_lost: log.lost_records,
+        sampling_cost,
     };
     tracing::debug!(elapsed = ?stage.elapsed(), "symbolized");
     let stage = Instant::now();

@@ -455,3 +455,49 @@ fn names_are_demangled_and_inlined_frames_shown() {
         "an inlined wrapping_* frame above {method}: {stacks:?}"
     );
 }
+
+/// The summary reports what sampling cost in the kernel: a positive time per sample over at
+/// least as many program runs as samples recorded, and a share of the one sampled CPU's
+/// time below 100%.
+#[test]
+fn summary_reports_the_sampling_cost() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cost.folded");
+    let output = record_ok(
+        "cpu-clock",
+        &[&out],
+        &["-F", "999", "-C", "0"],
+        &[workload("forever").into_os_string(), "1".into()],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let number = |text: &str| -> f64 {
+        text.replace(',', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("a number, not `{text}`, in {stderr}"))
+    };
+    let samples = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("cpu-clock: "))
+        .and_then(|rest| rest.split_once(" samples"))
+        .map(|(n, _)| number(n))
+        .unwrap_or_else(|| panic!("an event line in {stderr}"));
+    let cost = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("sampling cost: "))
+        .unwrap_or_else(|| panic!("a sampling cost line in {stderr}"));
+    // "1,180 ns per sample in the kernel (17,449 samples), 0.41% of 1 CPU"
+    let (ns, rest) = cost
+        .split_once(" ns per sample in the kernel (")
+        .expect(cost);
+    let (runs, rest) = rest.split_once(" samples), ").expect(cost);
+    let (share, cpus) = rest.split_once("% of ").expect(cost);
+    assert!(number(ns) > 0.0, "{cost}");
+    assert!(
+        number(runs) >= samples,
+        "{cost}: runs below {samples} samples"
+    );
+    let share = number(share);
+    assert!((0.0..100.0).contains(&share), "{cost}");
+    assert_eq!(cpus, "1 CPU", "{cost}");
+}

@@ -221,6 +221,13 @@ pub fn enable_run_stats() -> Result<RunStatsGuard, BpfError> {
         .map_err(|err| BpfError::EnableStats(err.io_error))
 }
 
+fn sample_program(ebpf: &Ebpf) -> Result<&PerfEvent, BpfError> {
+    ebpf.program(SAMPLE_PROGRAM)
+        .expect("the object defines on_sample")
+        .try_into()
+        .map_err(program_err(SAMPLE_PROGRAM))
+}
+
 /// Processes the target set holds at once: the command or `-p` processes and their live
 /// descendants.
 const TARGETS: u32 = 16384;
@@ -304,13 +311,9 @@ impl BpfProfiler {
             index < MAX_EVENTS,
             "events are limited to MAX_EVENTS when parsed"
         );
-        let program: &PerfEvent = self
-            .ebpf
-            .program(SAMPLE_PROGRAM)
-            .expect("the object defines on_sample")
-            .try_into()
+        let fd = sample_program(&self.ebpf)?
+            .fd()
             .map_err(program_err(SAMPLE_PROGRAM))?;
-        let fd = program.fd().map_err(program_err(SAMPLE_PROGRAM))?;
         for &cpu in cpus {
             let perf_event = match SamplingEvent::open(event, sampling, cpu) {
                 Ok(perf_event) => perf_event,
@@ -339,13 +342,9 @@ impl BpfProfiler {
 
     /// The sampling program's run time and run count so far (`BPF_OBJ_GET_INFO_BY_FD`).
     pub fn run_stats(&self) -> Result<RunStats, BpfError> {
-        let program: &PerfEvent = self
-            .ebpf
-            .program(SAMPLE_PROGRAM)
-            .expect("the object defines on_sample")
-            .try_into()
+        let info = sample_program(&self.ebpf)?
+            .info()
             .map_err(program_err(SAMPLE_PROGRAM))?;
-        let info = program.info().map_err(program_err(SAMPLE_PROGRAM))?;
         Ok(RunStats {
             run_time: info.run_time(),
             runs: info.run_count(),

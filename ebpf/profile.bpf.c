@@ -154,6 +154,12 @@ static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, struct 
 	return id;
 }
 
+/* Whether the sample interrupted user code (the privilege level in the saved CS). */
+static __always_inline int in_user_mode(struct bpf_perf_event_data *ctx)
+{
+	return (ctx->regs.cs & 3) == 3;
+}
+
 /* No frames on this side: not asked for, or not taken (but not lost to a full map). */
 static __always_inline int no_frames(__u64 id)
 {
@@ -186,8 +192,9 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	};
 	if (cookie & PROF_COOKIE_USER_STACK)
 		key.user_stack = take_stack(ctx, stack, BPF_F_USER_STACK);
+	/* A sample that interrupted user code has no kernel frames: don't ask for them. */
 	if (cookie & PROF_COOKIE_KERNEL_STACK)
-		key.kernel_stack = take_stack(ctx, stack, 0);
+		key.kernel_stack = in_user_mode(ctx) ? EFAULT : take_stack(ctx, stack, 0);
 
 	bump(event, PROF_STAT_SAMPLES);
 	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)

@@ -2,7 +2,7 @@
 # Installs what the build and tests need (clang, libbpf-dev, libcap2-bin), then runs prof's
 # checks and tests: formatting, clippy, the unit tests, and the integration tests, which
 # load the real BPF program and attach it to real perf events, so they run as root
-# (through sudo when this user is not root).
+# (through sudo when this user is not root). Last, a smoke run of the benchmarks.
 # CI (.ci/run) runs exactly this.
 set -eu
 cd "$(dirname "$0")/.."
@@ -20,3 +20,7 @@ if [ -n "$sudo" ]; then
     export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E"
 fi
 cargo test --workspace
+# The benchmarks must keep building and running; a one-pass smoke run on small inputs.
+# Their timings never gate CI (BENCHMARKS.md has the figures; scripts/bench.sh runs them).
+PROF_BENCH_SMOKE=1 cargo bench -p prof-benches --bench stages -- --test
+cargo run --release -q -p prof-benches --bin kernel-cost -- --seconds 0.3 --only "shallow, user+kernel"

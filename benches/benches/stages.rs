@@ -1,0 +1,375 @@
+//! criterion benches of prof's userspace stages, at 10k and 100k unique stacks:
+//! drain and aggregate (reading real, filled BPF maps), symbolization cold and warm, folded
+//! and SVG export, and the whole path from the end of sampling to all outputs written.
+//!
+//! The stacks are synthetic but their addresses are real: user frames point into this bench
+//! binary's own functions (symbolized through its ELF symbols and DWARF line tables, as a
+//! profiled Rust program would be) and a third of the samples carry kernel frames from
+//! `/proc/kallsyms`. Drain and the end-to-end bench load prof's BPF program and fill its maps,
+//! so they need root; without it they are left out and say so.
+//!
+//! `cargo bench -p prof-benches --bench stages` (`PROF_BENCH_SMOKE=1 … -- --test` is the quick
+//! one-pass run CI does).
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use prof::bpf::{
+    BpfConfig, BpfProfiler, MAX_STACK_DEPTH, STACK_ID_MIN, SampleKey, SampleValue, StackTrace,
+};
+use prof::drain::{self, Drained, RawSample, RawStack};
+use prof::events::Unit;
+use prof::export::{self, Format, OutputFile, flamegraph, folded};
+use prof::procs::{Backing, Mapping, ProcessEvent, ProcessTable, TimedEvent};
+use prof::profile::{EventProfile, Value};
+use prof::symbolize::{EventInfo, Symbolizer};
+
+/// The pretend process the synthetic samples belong to.
+const TGID: u32 = 4_000_000;
+/// Where the pretend process has this binary's executable segment.
+const LOAD_BASE: u64 = 0x5555_0000_0000;
+const SIZES: [usize; 2] = [10_000, 100_000];
+/// With PROF_BENCH_SMOKE set (CI), one small size only.
+const SMOKE_SIZES: [usize; 1] = [1_000];
+
+/// `n` unique stacks with their process table.
+struct Fixture {
+    drained: Drained,
+    processes: ProcessTable,
+    /// Distinct user and kernel addresses, the units of symbolization work.
+    unique_addresses: u64,
+}
+
+fn user_addresses(count: usize) -> (Vec<u64>, Mapping) {
+    let exe = std::env::current_exe().expect("this bench's path");
+    let bytes = std::fs::read(&exe).expect("this bench binary is readable");
+    let file = object::File::parse(&*bytes).expect("this bench is an ELF file");
+    let text = file
+        .segments()
+        .find(|s| s.flags() == object::SegmentFlags::Elf { p_flags: 5 })
+        .expect("an r-x segment");
+    let (offset, size) = text.file_range();
+    let mapping = Mapping {
+        start: LOAD_BASE + text.address(),
+        end: LOAD_BASE + text.address() + size,
+        file_offset: offset,
+        backing: Backing::File(Arc::from(exe.as_path())),
+        build_id: None,
+    };
+    let functions: Vec<(u64, u64)> = file
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.size() >= 16)
+        .map(|s| (s.address(), s.size()))
+        .filter(|&(address, _)| address >= text.address() && address < text.address() + size)
+        .collect();
+    // Seeded: the same stacks every run.
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut addresses = HashSet::new();
+    while addresses.len() < count {
+        let (address, size) = functions[rng.usize(..functions.len())];
+        addresses.insert(LOAD_BASE + address + rng.u64(..size));
+    }
+    (addresses.into_iter().collect(), mapping)
+}
+
+fn kernel_addresses(count: usize) -> Vec<u64> {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let mut addresses: Vec<u64> = kallsyms
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let kind = fields.next()?;
+            (matches!(kind, "t" | "T") && address != 0 && fields.nth(1).is_none())
+                .then_some(address + 4)
+        })
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    let step = (addresses.len() / count.max(1)).max(1);
+    addresses.into_iter().step_by(step).take(count).collect()
+}
+
+impl Fixture {
+    fn new(stacks: usize) -> Fixture {
+        let (user_pool, mapping) = user_addresses((stacks / 5).max(2_000));
+        let kernel_pool = kernel_addresses(2_000);
+        let mut rng = fastrand::Rng::with_seed(stacks as u64);
+        let kernel_stacks: Vec<Arc<[u64]>> = (0..500)
+            .map(|_| {
+                let depth = 3 + rng.usize(..8);
+                (0..depth)
+                    .map(|_| kernel_pool[rng.usize(..kernel_pool.len().max(1))])
+                    .collect()
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        let mut samples = Vec::with_capacity(stacks);
+        while samples.len() < stacks {
+            let depth = 5 + rng.usize(..36);
+            let user: Vec<u64> = (0..depth)
+                .map(|_| user_pool[rng.usize(..user_pool.len())])
+                .collect();
+            if !seen.insert(user.clone()) {
+                continue;
+            }
+            let kernel = if kernel_pool.is_empty() || rng.usize(..3) != 0 {
+                RawStack::Failed(libc::EFAULT)
+            } else {
+                RawStack::Frames(Arc::clone(&kernel_stacks[rng.usize(..kernel_stacks.len())]))
+            };
+            let count = 1 + rng.usize(..20) as u64;
+            samples.push(RawSample {
+                tgid: TGID,
+                event: 0,
+                user: RawStack::Frames(user.into()),
+                kernel,
+                value: Value {
+                    samples: count,
+                    period: count * 1_001_001,
+                },
+            });
+        }
+        let mut unique = HashSet::new();
+        for sample in &samples {
+            unique.extend(sample.user.frames().iter().copied());
+            unique.extend(sample.kernel.frames().iter().copied());
+        }
+        let processes = ProcessTable::build(vec![TimedEvent {
+            time: 0,
+            event: ProcessEvent::Snapshot {
+                pid: TGID,
+                comm: "bench".into(),
+                mappings: vec![mapping],
+            },
+        }]);
+        Fixture {
+            drained: Drained {
+                samples,
+                stats: Default::default(),
+            },
+            processes,
+            unique_addresses: unique.len() as u64,
+        }
+    }
+
+    fn symbolize(&self, symbolizer: &Symbolizer) -> Vec<EventProfile> {
+        symbolizer.symbolize(&self.drained, &self.processes, &events())
+    }
+}
+
+fn events() -> [EventInfo; 1] {
+    [EventInfo {
+        name: "cpu-clock".into(),
+        unit: Unit::Nanoseconds,
+    }]
+}
+
+/// prof's BPF program, loaded, with the fixture's samples and stacks in its maps as if the
+/// kernel had counted them.
+struct FilledMaps {
+    bpf: BpfProfiler,
+}
+
+impl FilledMaps {
+    fn new(fixture: &Fixture) -> Result<FilledMaps, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("loading prof's BPF program needs root".into());
+        }
+        let n = fixture.drained.samples.len() as u32;
+        // Sizes no other recording uses, to find these maps among the machine's.
+        let stack_storage_size = n + 997;
+        let counts_map_size = n + 991;
+        let bpf = BpfProfiler::load(&BpfConfig {
+            filter_tgids: false,
+            stack_storage_size,
+            counts_map_size,
+        })
+        .map_err(|err| format!("loading prof's BPF program: {err}"))?;
+        let mut stacks: BpfHashMap<MapData, u64, StackTrace> =
+            BpfHashMap::try_from(Map::HashMap(newest_map("stacks", stack_storage_size)?))
+                .map_err(|err| err.to_string())?;
+        let mut counts: BpfHashMap<MapData, SampleKey, SampleValue> =
+            BpfHashMap::try_from(Map::HashMap(newest_map("counts", counts_map_size)?))
+                .map_err(|err| err.to_string())?;
+        let mut store = |frames: &[u64]| -> Result<u64, String> {
+            let id = frames.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &ip| {
+                (h ^ ip).wrapping_mul(0x100_0000_01b3)
+            }) | STACK_ID_MIN
+                | (1 << 63);
+            let mut trace = StackTrace {
+                ips: [0; MAX_STACK_DEPTH],
+            };
+            trace.ips[..frames.len()].copy_from_slice(frames);
+            stacks.insert(id, trace, 0).map_err(|err| err.to_string())?;
+            Ok(id)
+        };
+        for sample in &fixture.drained.samples {
+            let user_stack = store(sample.user.frames())?;
+            let kernel_stack = match &sample.kernel {
+                RawStack::Frames(frames) => store(frames)?,
+                _ => libc::EFAULT as u64,
+            };
+            let key = SampleKey {
+                tgid: sample.tgid,
+                event: 0,
+                user_stack,
+                kernel_stack,
+            };
+            let value = SampleValue {
+                samples: sample.value.samples,
+                period: sample.value.period,
+            };
+            counts
+                .insert(key, value, 0)
+                .map_err(|err| err.to_string())?;
+        }
+        Ok(FilledMaps { bpf })
+    }
+}
+
+/// The most recently created map called `name` with `max_entries` entries.
+fn newest_map(name: &str, max_entries: u32) -> Result<MapData, String> {
+    let id = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str() == Some(name) && info.max_entries() == max_entries)
+        .map(|info| info.id())
+        .max()
+        .ok_or_else(|| format!("no BPF map `{name}` with {max_entries} entries"))?;
+    MapData::from_id(id).map_err(|err| err.to_string())
+}
+
+/// Writes a folded and an SVG file for `profile` into `dir`, as `prof record -o` does.
+fn write_outputs(dir: &Path, profile: &EventProfile) {
+    for (name, format) in [("out.folded", Format::Folded), ("out.svg", Format::Svg)] {
+        let file = OutputFile {
+            path: dir.join(name),
+            format,
+            event: 0,
+        };
+        export::write(&file, profile).expect("writing an output");
+    }
+}
+
+/// A group of 10 samples over `seconds`, with throughput in `elements` (stacks or addresses).
+fn bench_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    seconds: u64,
+    elements: u64,
+) -> BenchmarkGroup<'c, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(seconds))
+        .throughput(Throughput::Elements(elements));
+    group
+}
+
+fn benches(c: &mut Criterion) {
+    let sizes: &[usize] = if std::env::var_os("PROF_BENCH_SMOKE").is_some() {
+        &SMOKE_SIZES
+    } else {
+        &SIZES
+    };
+    for &n in sizes {
+        let fixture = Fixture::new(n);
+        let label = format!("{}k", n / 1000);
+        eprintln!(
+            "{label}: {} unique stacks, {} unique addresses",
+            fixture.drained.samples.len(),
+            fixture.unique_addresses
+        );
+        let filled = FilledMaps::new(&fixture);
+        if let Err(why) = &filled {
+            eprintln!("drain and end-to-end benches left out: {why}");
+        }
+
+        let mut group = bench_group(c, "drain_aggregate", 5, n as u64);
+        if let Ok(filled) = &filled {
+            group.bench_function(BenchmarkId::from_parameter(&label), |b| {
+                b.iter(|| black_box(drain::drain(&filled.bpf, 1).expect("drain")))
+            });
+        }
+        group.finish();
+
+        // Per unique address: criterion's throughput is in addresses.
+        let mut group = bench_group(c, "symbolize_cold", 10, fixture.unique_addresses);
+        group.bench_function(BenchmarkId::from_parameter(&label), |b| {
+            b.iter(|| black_box(fixture.symbolize(&Symbolizer::new())))
+        });
+        group.finish();
+
+        let mut group = bench_group(c, "symbolize_warm", 10, fixture.unique_addresses);
+        let symbolizer = Symbolizer::new();
+        fixture.symbolize(&symbolizer);
+        group.bench_function(BenchmarkId::from_parameter(&label), |b| {
+            b.iter(|| black_box(fixture.symbolize(&symbolizer)))
+        });
+        group.finish();
+
+        let profile = fixture.symbolize(&symbolizer).remove(0);
+        let total = profile.total().samples;
+        eprintln!(
+            "{label}: {:.1}% of samples have an [unknown] frame ({:?})",
+            profile.unknown_total() as f64 * 100.0 / total.max(1) as f64,
+            profile.unknown
+        );
+        let mut group = bench_group(c, "export", 5, n as u64);
+        group.bench_function(BenchmarkId::new("folded", &label), |b| {
+            b.iter(|| folded::write(&profile, &mut io::sink()).expect("folded"))
+        });
+        group.bench_function(BenchmarkId::new("svg", &label), |b| {
+            b.iter(|| {
+                flamegraph::write(&profile, &flamegraph::Options::default(), &mut io::sink())
+                    .expect("svg")
+            })
+        });
+        group.finish();
+
+        // What `prof record` does after sampling stops: drain, build the process table,
+        // symbolize with a new symbolizer, write every output.
+        let mut group = bench_group(c, "end_of_sampling_to_outputs", 15, n as u64);
+        if let Ok(filled) = &filled {
+            let dir = tempfile::tempdir().expect("a temporary folder");
+            let snapshot = match fixture.processes.get(TGID) {
+                Some(process) => process.mappings.clone(),
+                None => Vec::new(),
+            };
+            group.bench_function(BenchmarkId::from_parameter(&label), |b| {
+                b.iter_batched(
+                    || snapshot.clone(),
+                    |mappings| {
+                        let drained = drain::drain(&filled.bpf, 1).expect("drain");
+                        let processes = ProcessTable::build(vec![TimedEvent {
+                            time: 0,
+                            event: ProcessEvent::Snapshot {
+                                pid: TGID,
+                                comm: "bench".into(),
+                                mappings,
+                            },
+                        }]);
+                        let profiles = Symbolizer::new().symbolize(&drained, &processes, &events());
+                        write_outputs(dir.path(), &profiles[0]);
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(stages, benches);
+criterion_main!(stages);

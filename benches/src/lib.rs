@@ -1,0 +1,100 @@
+//! Shared by prof's benchmark harnesses: building the C workloads, and the statistics the
+//! tables report.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Builds `workloads/<name>.c` with frame pointers and debug info into `target/bench-workloads`
+/// and returns the binary's path.
+pub fn workload(name: &str) -> Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = root.join("workloads").join(format!("{name}.c"));
+    let out_dir = root.join("../target/bench-workloads");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let binary = out_dir.join(name);
+    let status = Command::new("cc")
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-pthread",
+            "-Wall",
+            "-Werror",
+            "-o",
+        ])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .context("running cc to build a workload")?;
+    if !status.success() {
+        bail!("cc failed to build {}", source.display());
+    }
+    Ok(binary)
+}
+
+/// The release `prof` binary next to this harness (`scripts/bench.sh` builds both).
+pub fn prof_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this harness")?;
+    let prof = exe.with_file_name("prof");
+    if !prof.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release --bin prof` (scripts/bench.sh does)",
+            prof.display()
+        );
+    }
+    Ok(prof)
+}
+
+/// The `q` quantile (0..=1) of `values`, by the nearest-rank method; `NaN` when empty.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The median of `values`.
+pub fn median(values: &[f64]) -> f64 {
+    quantile(values, 0.5)
+}
+
+/// The load average and the busiest other processes, so a table says what else was running.
+pub fn machine_load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("load average {}", load.join(" "))
+}
+
+/// One line naming the machine: CPU model, CPU count and kernel.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = kernel.trim();
+    format!("{model}, {cpus} CPUs, Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nearest-rank quantiles: the median of 1..=4 is 2, the p99 of 1..=100 is 99.
+    #[test]
+    fn quantiles() {
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&hundred, 0.99), 99.0);
+        assert_eq!(quantile(&hundred, 1.0), 100.0);
+        assert!(median(&[]).is_nan());
+    }
+}

@@ -836,4 +836,66 @@ mod tests {
         broken.sample[0].location_id.push(999);
         assert!(matches!(decode(&broken), Err(PprofError::Invalid(_))));
     }
+
+    /// Real files to mutate: a recording prof made (gzipped and raw) and a profile with
+    /// every feature (raw).
+    fn seeds() -> Vec<Vec<u8>> {
+        let recorded: &[u8] = include_bytes!("../../tests/golden/spin_faults.pb.gz");
+        let mut raw = Vec::new();
+        GzDecoder::new(recorded).read_to_end(&mut raw).unwrap();
+        vec![
+            recorded.to_vec(),
+            raw,
+            encode(&sample_profile()).encode_to_vec(),
+        ]
+    }
+
+    /// How many mutated files the fuzz test tries: `PROF_FUZZ_CASES`, default 2,000.
+    fn fuzz_cases() -> u32 {
+        std::env::var("PROF_FUZZ_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2_000)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: fuzz_cases(),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Fuzzing the reader: real files with bytes flipped, inserted, deleted or cut off
+        /// either read (and then render and re-encode) or are refused; nothing panics.
+        #[test]
+        fn mutated_files_never_panic(
+            seed in 0..3usize,
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>(), 0..4u8),
+                1..6,
+            ),
+        ) {
+            let mut bytes = seeds().swap_remove(seed);
+            for (position, byte, kind) in edits {
+                let at = position % bytes.len().max(1);
+                match kind {
+                    0 if !bytes.is_empty() => bytes[at] ^= byte | 1,
+                    1 => bytes.truncate(at),
+                    2 => bytes.insert(at.min(bytes.len()), byte),
+                    _ if !bytes.is_empty() => {
+                        bytes.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            if let Ok(profile) = decode_bytes(&bytes) {
+                for event in 0..profile.events.len() {
+                    crate::export::folded::stacks(&profile, event, true);
+                    profile.function_shares(event);
+                }
+                let again = encode(&profile).encode_to_vec();
+                proptest::prop_assert!(decode_bytes(&again).is_ok());
+            }
+        }
+    }
 }

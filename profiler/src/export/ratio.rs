@@ -105,8 +105,8 @@ pub fn write(
         };
         palette.insert(function, color(relative));
     }
-    // inferno's root frame holds everything: the profile's own ratio.
-    palette.insert("all", color(1.0));
+    // inferno's root frame ("all", unnamed inside) holds everything: the profile's ratio.
+    palette.insert("", color(1.0));
     // Numerator counts in stacks the denominator never sampled cannot be drawn.
     let unseen: u64 = num_stacks
         .iter()

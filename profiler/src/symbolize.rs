@@ -156,6 +156,7 @@ impl Symbolizer {
         // By the path to open; and by (process, mapping start), so each is looked up once.
         let mut file_index: HashMap<Arc<Path>, usize> = HashMap::new();
         let mut mapping_ids: HashMap<(u32, u64), (u32, Option<usize>)> = HashMap::new();
+        let mut build_ids: HashMap<Arc<Path>, Option<Arc<str>>> = HashMap::new();
         let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::new();
         for sample in samples {
             for (depth, &ip) in sample.user.frames().iter().enumerate() {
@@ -179,17 +180,25 @@ impl Symbolizer {
                     let (mapping_id, file) = *mapping_ids
                         .entry((sample.tgid, mapping.start))
                         .or_insert_with(|| {
-                            let id = profile.mappings.intern(profile_mapping(mapping, strings));
+                            let mut described = profile_mapping(mapping, strings);
                             let Backing::File(path) = &mapping.backing else {
-                                return (id, None);
+                                return (profile.mappings.intern(described), None);
                             };
                             let opened: Arc<Path> = Arc::from(openable_path(sample.tgid, path));
+                            // Processes that predate the recording come from /proc, which
+                            // tells no build id: read it from the file.
+                            if described.build_id.is_none() {
+                                described.build_id = build_ids
+                                    .entry(Arc::clone(&opened))
+                                    .or_insert_with(|| read_build_id(&opened, strings))
+                                    .clone();
+                            }
                             let file =
                                 *file_index.entry(Arc::clone(&opened)).or_insert_with(|| {
                                     files.push((opened, BTreeSet::new()));
                                     files.len() - 1
                                 });
-                            (id, Some(file))
+                            (profile.mappings.intern(described), Some(file))
                         });
                     let reason = match (&mapping.backing, file) {
                         (_, Some(file)) => {
@@ -365,16 +374,29 @@ fn profile_mapping(mapping: &procs::Mapping, strings: &mut Strings) -> Mapping {
         Backing::Vdso => strings.get("[vdso]"),
         Backing::Anonymous => strings.get("[anon]"),
     };
-    let build_id = mapping.build_id.as_ref().map(|id| {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        strings.get(&hex)
-    });
+    let build_id = mapping.build_id.as_ref().map(|id| hex(id, strings));
     Mapping {
         file,
         build_id,
         start: mapping.start,
         limit: mapping.end,
         offset: mapping.file_offset,
+    }
+}
+
+fn hex(bytes: &[u8], strings: &mut Strings) -> Arc<str> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    strings.get(&hex)
+}
+
+/// The GNU build id of an ELF file, if it has one and can be read.
+fn read_build_id(path: &Path, strings: &mut Strings) -> Option<Arc<str>> {
+    match blazesym::helper::read_elf_build_id(path) {
+        Ok(id) => id.map(|id| hex(&id, strings)),
+        Err(err) => {
+            tracing::debug!("no build id for {}: {err}", path.display());
+            None
+        }
     }
 }
 
@@ -476,6 +498,10 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert_eq!(&*mapping.file, exe.to_str().unwrap());
         assert!(mapping.start <= ip && ip < mapping.limit, "{mapping:?}");
+        // The snapshot from /proc has no build id; it is read from the file.
+        let own = blazesym::helper::read_elf_build_id(&exe).unwrap().unwrap();
+        let own: String = own.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(mapping.build_id.as_deref(), Some(own.as_str()));
         let labels = profile.labels.get(stack.labels);
         assert_eq!(labels.pid, Some(me));
         assert!(labels.comm.is_some());

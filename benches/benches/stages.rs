@@ -1,6 +1,6 @@
 //! criterion benches of prof's userspace stages, at 10k and 100k unique stacks:
-//! drain and aggregate (reading real, filled BPF maps), symbolization cold and warm, folded
-//! and SVG export, and the whole path from the end of sampling to all outputs written.
+//! drain and aggregate (reading real, filled BPF maps), symbolization cold and warm, folded,
+//! SVG and pprof export, and the whole path from the end of sampling to all outputs written.
 //!
 //! The stacks are synthetic but their addresses are real: user frames point into this bench
 //! binary's own functions (symbolized through its ELF symbols and DWARF line tables, as a
@@ -30,9 +30,9 @@ use prof::bpf::{
 };
 use prof::drain::{self, Drained, RawSample, RawStack};
 use prof::events::Unit;
-use prof::export::{self, Format, OutputFile, flamegraph, folded};
+use prof::export::{self, Format, OutputFile, flamegraph, folded, pprof};
 use prof::procs::{Backing, Mapping, ProcessEvent, ProcessTable, TimedEvent};
-use prof::profile::{EventProfile, Value};
+use prof::profile::{Profile, Value};
 use prof::symbolize::{EventInfo, Symbolizer};
 
 /// The pretend process the synthetic samples belong to.
@@ -164,7 +164,7 @@ impl Fixture {
         }
     }
 
-    fn symbolize(&self, symbolizer: &Symbolizer) -> Vec<EventProfile> {
+    fn symbolize(&self, symbolizer: &Symbolizer) -> Profile {
         symbolizer.symbolize(&self.drained, &self.processes, &events())
     }
 }
@@ -250,15 +250,21 @@ fn newest_map(name: &str, max_entries: u32) -> Result<MapData, String> {
     MapData::from_id(id).map_err(|err| err.to_string())
 }
 
-/// Writes a folded and an SVG file for `profile` into `dir`, as `prof record -o` does.
-fn write_outputs(dir: &Path, profile: &EventProfile) {
-    for (name, format) in [("out.folded", Format::Folded), ("out.svg", Format::Svg)] {
+/// Writes a folded, an SVG and a pprof file for `profile` into `dir`, as
+/// `prof record -o out.folded -o out.svg -o out.pb.gz` does.
+fn write_outputs(dir: &Path, profile: &Profile) {
+    let outputs = [
+        (dir.join("out.folded"), Format::Folded, Some(0)),
+        (dir.join("out.svg"), Format::Svg, Some(0)),
+        (dir.join("out.pb.gz"), Format::Pprof, None),
+    ];
+    for (path, format, event) in outputs {
         let file = OutputFile {
-            path: dir.join(name),
+            path,
             format,
-            event: 0,
+            event,
         };
-        export::write(&file, profile).expect("writing an output");
+        export::write(&file, profile, &flamegraph::Options::default()).expect("writing an output");
     }
 }
 
@@ -319,22 +325,25 @@ fn benches(c: &mut Criterion) {
         });
         group.finish();
 
-        let profile = fixture.symbolize(&symbolizer).remove(0);
-        let total = profile.total().samples;
+        let profile = fixture.symbolize(&symbolizer);
+        let event = &profile.events[0];
         eprintln!(
             "{label}: {:.1}% of samples have an [unknown] frame ({:?})",
-            profile.unknown_total() as f64 * 100.0 / total.max(1) as f64,
-            profile.unknown
+            event.unknown_total() as f64 * 100.0 / event.total().samples.max(1) as f64,
+            event.unknown
         );
         let mut group = bench_group(c, "export", 5, n as u64);
         group.bench_function(BenchmarkId::new("folded", &label), |b| {
-            b.iter(|| folded::write(&profile, &mut io::sink()).expect("folded"))
+            b.iter(|| folded::write(&profile, 0, false, &mut io::sink()).expect("folded"))
         });
         group.bench_function(BenchmarkId::new("svg", &label), |b| {
             b.iter(|| {
-                flamegraph::write(&profile, &flamegraph::Options::default(), &mut io::sink())
-                    .expect("svg")
+                let options = flamegraph::Options::default();
+                flamegraph::write(&profile, 0, &options, &mut io::sink()).expect("svg")
             })
+        });
+        group.bench_function(BenchmarkId::new("pprof", &label), |b| {
+            b.iter(|| pprof::write(&profile, &mut io::sink()).expect("pprof"))
         });
         group.finish();
 
@@ -361,7 +370,7 @@ fn benches(c: &mut Criterion) {
                             },
                         }]);
                         let profiles = Symbolizer::new().symbolize(&drained, &processes, &events());
-                        write_outputs(dir.path(), &profiles[0]);
+                        write_outputs(dir.path(), &profiles);
                     },
                     BatchSize::PerIteration,
                 )

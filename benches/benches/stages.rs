@@ -23,7 +23,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolFlags, SymbolKind};
 
 use prof::bpf::{
     BpfConfig, BpfProfiler, MAX_STACK_DEPTH, STACK_ID_MIN, SampleKey, SampleValue, StackTrace,
@@ -69,7 +69,7 @@ fn user_addresses(count: usize) -> (Vec<u64>, Mapping) {
     };
     let functions: Vec<(u64, u64)> = file
         .symbols()
-        .filter(|s| s.kind() == SymbolKind::Text && s.size() >= 16)
+        .filter(|s| s.kind() == SymbolKind::Text && s.size() >= 16 && is_function(s))
         .map(|s| (s.address(), s.size()))
         .filter(|&(address, _)| address >= text.address() && address < text.address() + size)
         .collect();
@@ -78,9 +78,16 @@ fn user_addresses(count: usize) -> (Vec<u64>, Mapping) {
     let mut addresses = HashSet::new();
     while addresses.len() < count {
         let (address, size) = functions[rng.usize(..functions.len())];
-        addresses.insert(LOAD_BASE + address + rng.u64(..size));
+        // Never the first byte: a return address follows a call, and prof looks up the byte
+        // before it.
+        addresses.insert(LOAD_BASE + address + 1 + rng.u64(..size - 1));
     }
     (addresses.into_iter().collect(), mapping)
+}
+
+/// An ELF function symbol (STT_FUNC), the kind symbolizers resolve addresses to.
+fn is_function(symbol: &object::Symbol<'_, '_>) -> bool {
+    matches!(symbol.flags(), SymbolFlags::Elf { st_info, .. } if st_info & 0xf == object::elf::STT_FUNC)
 }
 
 fn kernel_addresses(count: usize) -> Vec<u64> {
@@ -114,16 +121,26 @@ impl Fixture {
                     .collect()
             })
             .collect();
+        // Stacks grow like a call tree, as real ones do: each new stack is an earlier stack
+        // (root first) less up to 6 innermost frames, plus 1 to 6 new callees. They share
+        // prefixes, so a flame graph has far fewer boxes than stacks have frames.
+        let pick = |rng: &mut fastrand::Rng| user_pool[rng.usize(..user_pool.len())];
+        let mut grown: Vec<Vec<u64>> = vec![(0..15).map(|_| pick(&mut rng)).collect()];
         let mut seen = HashSet::new();
         let mut samples = Vec::with_capacity(stacks);
         while samples.len() < stacks {
-            let depth = 5 + rng.usize(..36);
-            let user: Vec<u64> = (0..depth)
-                .map(|_| user_pool[rng.usize(..user_pool.len())])
-                .collect();
-            if !seen.insert(user.clone()) {
+            let parent = &grown[rng.usize(..grown.len())];
+            let keep = parent.len().saturating_sub(rng.usize(..=6)).max(1);
+            let mut root_first = parent[..keep].to_vec();
+            for _ in 0..1 + rng.usize(..6) {
+                root_first.push(pick(&mut rng));
+            }
+            root_first.truncate(MAX_STACK_DEPTH);
+            if !seen.insert(root_first.clone()) {
                 continue;
             }
+            let user: Vec<u64> = root_first.iter().rev().copied().collect();
+            grown.push(root_first);
             let kernel = if kernel_pool.is_empty() || rng.usize(..3) != 0 {
                 RawStack::Failed(libc::EFAULT)
             } else {
@@ -292,10 +309,17 @@ fn benches(c: &mut Criterion) {
     for &n in sizes {
         let fixture = Fixture::new(n);
         let label = format!("{}k", n / 1000);
+        let frames: usize = fixture
+            .drained
+            .samples
+            .iter()
+            .map(|s| s.user.frames().len() + s.kernel.frames().len())
+            .sum();
         eprintln!(
-            "{label}: {} unique stacks, {} unique addresses",
+            "{label}: {} unique stacks, {} unique addresses, {:.1} frames per stack",
             fixture.drained.samples.len(),
-            fixture.unique_addresses
+            fixture.unique_addresses,
+            frames as f64 / n as f64
         );
         let filled = FilledMaps::new(&fixture);
         if let Err(why) = &filled {

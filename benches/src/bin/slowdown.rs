@@ -105,6 +105,8 @@ struct Run {
     stop_to_exit_seconds: f64,
     /// prof's own "sampling cost" share of CPU time, in percent.
     self_reported_share: Option<f64>,
+    /// The profiler exited with an error (after the workload had run).
+    failed: bool,
 }
 
 fn main() -> Result<()> {
@@ -163,7 +165,7 @@ fn main() -> Result<()> {
     for (f, &frequency) in args.frequencies.iter().enumerate() {
         println!("-F {frequency}:\n");
         println!(
-            "| profiler | workload s (median) | slowdown (median of per-round ratios) | range | profiler CPU s: while the workload ran / in all | peak RSS MiB | SIGINT to exit s | prof's own figure |"
+            "| profiler | workload s (median) | slowdown (median of per-round ratios) | range | profiler CPU s: while the workload ran / in all | peak RSS MiB | SIGINT to exit s | notes |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         let base = &runs[f][0];
@@ -180,6 +182,12 @@ fn main() -> Result<()> {
             let pick = |f: fn(&Run) -> f64| median(&these.iter().map(f).collect::<Vec<_>>());
             let own: Vec<f64> = these.iter().filter_map(|r| r.self_reported_share).collect();
             let dash = |show: bool, text: String| if show { text } else { "–".to_owned() };
+            let failed = these.iter().filter(|r| r.failed).count();
+            let note = match (own.is_empty(), failed) {
+                (false, _) => format!("sampling took {:.2}% of CPU time", median(&own)),
+                (true, 0) => "–".to_owned(),
+                (true, n) => format!("exited with an error in {n} of {} runs", these.len()),
+            };
             let profiled = *profiler != Profiler::None;
             println!(
                 "| {} | {:.3} | {} | {} | {} | {} | {} | {} |",
@@ -203,10 +211,7 @@ fn main() -> Result<()> {
                     format!("{:.0}", pick(|r| r.profiler_max_rss_kib as f64) / 1024.0)
                 ),
                 dash(profiled, format!("{:.2}", pick(|r| r.stop_to_exit_seconds))),
-                dash(
-                    !own.is_empty(),
-                    format!("sampling took {:.2}% of CPU time", median(&own))
-                ),
+                note,
             );
         }
         println!();
@@ -244,9 +249,15 @@ fn run_under(
     let (status, usage) = wait4(child.0.take().expect("not reaped yet"))?;
     let stop_to_exit_seconds = stopped.elapsed().as_secs_f64();
     let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    // perf exits with 128 + SIGINT when stopped that way.
-    if status != 0 && status != 128 + libc::SIGINT {
-        bail!("the profiler exited with status {status}: {stderr}");
+    // perf exits with 128 + SIGINT when stopped that way. A profiler that fails at exit still
+    // profiled the workload, so the run counts; the table says how many failed.
+    let failed = status != 0 && status != 128 + libc::SIGINT;
+    if failed {
+        eprintln!(
+            "warning: {} exited with status {status}: {}",
+            profiler.label(),
+            stderr.trim()
+        );
     }
     let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Run {
@@ -256,6 +267,7 @@ fn run_under(
         profiler_max_rss_kib: usage.ru_maxrss,
         stop_to_exit_seconds,
         self_reported_share: self_reported_share(&stderr),
+        failed,
     })
 }
 

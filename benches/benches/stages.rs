@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::Input;
 use criterion::measurement::WallTime;
 use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
@@ -49,6 +51,10 @@ struct Fixture {
     processes: ProcessTable,
     /// Distinct user and kernel addresses, the units of symbolization work.
     unique_addresses: u64,
+    /// The binary the user addresses point into.
+    binary: std::path::PathBuf,
+    /// The distinct user addresses as file offsets, sorted, as prof hands them to blazesym.
+    user_offsets: Vec<u64>,
 }
 
 fn user_addresses(count: usize) -> (Vec<u64>, Mapping) {
@@ -159,10 +165,22 @@ impl Fixture {
             });
         }
         let mut unique = HashSet::new();
+        let mut user_offsets = std::collections::BTreeSet::new();
         for sample in &samples {
             unique.extend(sample.user.frames().iter().copied());
             unique.extend(sample.kernel.frames().iter().copied());
+            user_offsets.extend(
+                sample
+                    .user
+                    .frames()
+                    .iter()
+                    .map(|&ip| mapping.file_offset_of(ip - 1)),
+            );
         }
+        let binary = match &mapping.backing {
+            Backing::File(path) => path.to_path_buf(),
+            _ => unreachable!("the fixture maps a file"),
+        };
         let processes = ProcessTable::build(vec![TimedEvent {
             time: 0,
             event: ProcessEvent::Snapshot {
@@ -178,6 +196,8 @@ impl Fixture {
             },
             processes,
             unique_addresses: unique.len() as u64,
+            binary,
+            user_offsets: user_offsets.into_iter().collect(),
         }
     }
 
@@ -346,6 +366,26 @@ fn benches(c: &mut Criterion) {
         fixture.symbolize(&symbolizer);
         group.bench_function(BenchmarkId::from_parameter(&label), |b| {
             b.iter(|| black_box(fixture.symbolize(&symbolizer)))
+        });
+        group.finish();
+
+        // blazesym alone on the same unique user addresses (as file offsets, one batch, a
+        // warm symbolizer): what address resolution costs without building the profile.
+        let mut group = bench_group(c, "blazesym_warm", 5, fixture.user_offsets.len() as u64);
+        let blazesym = blazesym::symbolize::Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        let source = Source::Elf(Elf::new(fixture.binary.as_path()));
+        let resolve = || {
+            blazesym
+                .symbolize(&source, Input::FileOffset(&fixture.user_offsets))
+                .expect("blazesym reads this bench binary")
+        };
+        resolve();
+        group.bench_function(BenchmarkId::from_parameter(&label), |b| {
+            b.iter(|| black_box(resolve().len()))
         });
         group.finish();
 

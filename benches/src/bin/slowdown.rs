@@ -4,7 +4,8 @@
 //! per CPU and prints how long that took, so profiler start-up and teardown are not counted.
 //! For each round and each frequency it runs the workload under every configuration in turn:
 //! nothing, `prof record -a`, `perf record -g -a` and `perf record --call-graph dwarf -a`,
-//! each at the same `-F`. A profiler is started first, given time to settle, then the
+//! each at the same `-F`, and `perf record -a` without stacks as the floor: what the sampling
+//! interrupt alone costs. A profiler is started first, given time to settle, then the
 //! workload runs as this harness's own child, then the profiler gets SIGINT and finishes.
 //!
 //! Reported per configuration: the median over rounds of (workload time / unprofiled time in
@@ -45,14 +46,17 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Profiler {
     None,
+    /// perf without call graphs: the cost of the sampling interrupt alone, a floor.
+    PerfNoStacks,
     Prof,
     PerfFp,
     PerfDwarf,
 }
 
 impl Profiler {
-    const ALL: [Profiler; 4] = [
+    const ALL: [Profiler; 5] = [
         Profiler::None,
+        Profiler::PerfNoStacks,
         Profiler::Prof,
         Profiler::PerfFp,
         Profiler::PerfDwarf,
@@ -61,6 +65,7 @@ impl Profiler {
     fn label(self) -> &'static str {
         match self {
             Profiler::None => "nothing",
+            Profiler::PerfNoStacks => "perf record -a (no stacks)",
             Profiler::Prof => "prof record -a",
             Profiler::PerfFp => "perf record -g -a",
             Profiler::PerfDwarf => "perf record --call-graph dwarf -a",
@@ -77,14 +82,18 @@ impl Profiler {
                 command.arg(dir.join("prof.svg"));
                 command
             }
-            Profiler::PerfFp | Profiler::PerfDwarf => {
+            Profiler::PerfNoStacks | Profiler::PerfFp | Profiler::PerfDwarf => {
                 let mut command = Command::new("perf");
                 command.args(["record", "-a", "-F", &frequency, "-o"]);
                 command.arg(dir.join("perf.data"));
-                if self == Profiler::PerfFp {
-                    command.arg("-g");
-                } else {
-                    command.args(["--call-graph", "dwarf"]);
+                match self {
+                    Profiler::PerfFp => {
+                        command.arg("-g");
+                    }
+                    Profiler::PerfDwarf => {
+                        command.args(["--call-graph", "dwarf"]);
+                    }
+                    _ => {}
                 }
                 command
             }

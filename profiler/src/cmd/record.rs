@@ -140,6 +140,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         filter_tgids: filter,
         stack_storage_size: config.stack_storage_size,
         counts_map_size: config.counts_map_size,
+        double_buffer: false,
     })
     .map_err(with_permission_hint)?;
     if filter {

@@ -55,9 +55,16 @@ pub struct EventInfo {
 impl Symbolizer {
     /// A symbolizer that reads DWARF (for inlined functions) and demangles Rust and C++.
     pub fn new() -> Symbolizer {
+        Symbolizer::with_debug_info(true)
+    }
+
+    /// A symbolizer that reads DWARF (inlined functions, source lines) only if `debug_info`;
+    /// without it, names come from the symbol tables alone, which takes far less memory
+    /// (the agent's default).
+    pub fn with_debug_info(debug_info: bool) -> Symbolizer {
         let blazesym = blazesym::symbolize::Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
+            .enable_code_info(debug_info)
+            .enable_inlined_fns(debug_info)
             .enable_demangling(true)
             .build();
         Symbolizer { blazesym }

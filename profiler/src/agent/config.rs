@@ -10,6 +10,7 @@
 //! events = ["cycles"]           # cycles falls back to cpu-clock without a PMU
 //! frequency = 19                # samples per second per CPU
 //! window_seconds = 10
+//! debug_info = false            # DWARF inlined functions and lines: more memory
 //!
 //! [http]                        # on by default, on 127.0.0.1:6060
 //! listen = "127.0.0.1:6060"
@@ -62,6 +63,9 @@ pub struct AgentConfig {
     /// Seconds per window.
     #[serde(deserialize_with = "window_seconds")]
     pub window_seconds: u64,
+    /// Read DWARF for inlined functions and source lines. Off by default: parsed debug
+    /// information of large binaries costs tens of MB, against a 50 MB budget.
+    pub debug_info: bool,
     /// Distinct stacks the kernel stores per window.
     #[serde(deserialize_with = "positive_u32")]
     pub stack_storage_size: u32,
@@ -83,6 +87,7 @@ impl Default for AgentConfig {
             events: vec![Event::parse("cycles").expect("cycles is a known event")],
             frequency: DEFAULT_FREQUENCY,
             window_seconds: DEFAULT_WINDOW_SECONDS,
+            debug_info: false,
             // At 19 Hz a window holds a few hundred samples per CPU; these leave room for
             // busy machines and higher frequencies (about 8 MB of kernel memory per
             // generation for the stacks).

@@ -222,8 +222,9 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         bpf,
         side_band,
         processes: ProcessTable::build(snapshots),
-        symbolizer: Symbolizer::new(),
+        symbolizer: Symbolizer::with_debug_info(config.debug_info),
         symbolizer_born: Instant::now(),
+        debug_info: config.debug_info,
         labels: LabelCache::default(),
         infos,
         previous_stats: KernelStats::default(),
@@ -301,6 +302,7 @@ struct Sampler {
     processes: ProcessTable,
     symbolizer: Symbolizer,
     symbolizer_born: Instant,
+    debug_info: bool,
     labels: LabelCache,
     infos: Vec<EventInfo>,
     /// The kernel's cumulative counters at the last drain.
@@ -343,7 +345,7 @@ impl Sampler {
         self.previous_stats = cumulative;
 
         if self.symbolizer_born.elapsed() >= SYMBOLIZER_LIFETIME {
-            self.symbolizer = Symbolizer::new();
+            self.symbolizer = Symbolizer::with_debug_info(self.debug_info);
             self.symbolizer_born = Instant::now();
         }
         let started = Instant::now();

@@ -6,6 +6,8 @@
 //! sudo target/release/prof record -e cycles,page-faults -o demo.svg -- target/release/examples/demo
 //! ```
 //!
+//! `--stable-sort` sorts the records with a stable sort instead, for trying `prof diff`.
+//!
 //! The workspace builds with frame pointers (`.cargo/config.toml`), which the kernel's stack
 //! unwinder needs; release builds keep line tables, so prof shows inlined functions too.
 
@@ -64,7 +66,7 @@ fn rank_words<'a>(counts: &HashMap<&'a str, u64>) -> Vec<(&'a str, u64)> {
 }
 
 /// Builds fixed-size records from the text and sorts them (allocation-heavy: page faults).
-fn sort_records(text: &str, rng: &mut Rng) -> Vec<[u8; 32]> {
+fn sort_records(text: &str, rng: &mut Rng, stable: bool) -> Vec<[u8; 32]> {
     let bytes = text.as_bytes();
     let mut records: Vec<[u8; 32]> = (0..bytes.len() / 4)
         .map(|_| {
@@ -72,7 +74,11 @@ fn sort_records(text: &str, rng: &mut Rng) -> Vec<[u8; 32]> {
             bytes[at..at + 32].try_into().expect("32 bytes")
         })
         .collect();
-    records.sort_unstable();
+    if stable {
+        records.sort();
+    } else {
+        records.sort_unstable();
+    }
     records
 }
 
@@ -91,12 +97,13 @@ fn checksum(records: &[[u8; 32]]) -> u64 {
 fn main() {
     let started = Instant::now();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let stable = std::env::args().any(|arg| arg == "--stable-sort");
     let mut total = 0u64;
     for round in 0..4 {
         let text = build_corpus(2_000_000, &mut rng);
         let counts = count_words(&text);
         let ranked = rank_words(&counts);
-        let records = sort_records(&text, &mut rng);
+        let records = sort_records(&text, &mut rng, stable);
         let sum = checksum(&records);
         total = total.wrapping_add(sum);
         println!(

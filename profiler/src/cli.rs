@@ -8,9 +8,11 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::cmd::record::{RecordConfig, Target};
+use crate::cmd::report::ReportConfig;
 use prof::agent;
 use prof::agent::config::{AgentConfig, DirConfig, PushConfig};
 use prof::events;
+use prof::export::flamegraph;
 use prof::perf::Sampling;
 
 /// A sampling profiler for Linux: perf events counted in the kernel by one eBPF program,
@@ -32,6 +34,14 @@ pub enum Command {
     /// Profile the whole machine continuously; serve, push and store pprof windows.
     #[command(after_help = AGENT_EXAMPLES)]
     Agent(AgentArgs),
+    /// Print a saved profile's hottest functions, or render it: flame graphs, folded stacks,
+    /// pprof, or a ratio flame graph of two of its events.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
+    /// Draw a differential flame graph of two saved profiles: red where AFTER grew, blue
+    /// where it shrank.
+    #[command(after_help = DIFF_EXAMPLES)]
+    Diff(DiffArgs),
     /// List the events prof knows and whether each works on this machine.
     List,
 }
@@ -157,6 +167,122 @@ impl AgentArgs {
     }
 }
 
+const REPORT_EXAMPLES: &str = "\
+Examples:
+  # The 20 hottest functions of every event, self and total:
+  prof report prof.pb.gz
+  # A flame graph of one event, from prof's pprof or any other program's:
+  prof report prof.pb.gz --event cpu-clock -o cpu.svg
+  # Page faults per unit of CPU time: width is cpu-clock, red frames fault more:
+  prof report prof.pb.gz --ratio page-faults/cpu-clock -o ratio.svg
+  # A Go program's CPU profile, as a reversed (icicle) flame graph:
+  prof report cpu.pprof --reverse -o cpu.svg
+
+FILE is pprof (gzipped or not, from prof, Go's runtime/pprof, Pyroscope, ...) or folded
+stacks (.folded).";
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  # What changed between two recordings, scaled to the same total:
+  prof diff before.pb.gz after.pb.gz --event cpu-clock --normalize -o diff.svg
+  # Folded stacks work too, and .folded output gives `stack before after` lines:
+  prof diff old.folded new.folded -o diff.folded
+
+Frame widths are AFTER's; colours show each frame's change in self count.";
+
+/// `prof report` flags.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The profile: pprof (.pb.gz, .pprof, any name) or folded stacks (.folded).
+    #[arg(value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Only these events (comma-separated or repeated); `prof report FILE` lists them.
+    #[arg(
+        long = "event",
+        short = 'e',
+        value_name = "EVENT",
+        value_delimiter = ','
+    )]
+    pub events: Vec<String>,
+
+    /// Output file; repeat for several: .svg, .folded, or .pb.gz/.pprof. With several
+    /// events, .svg and .folded outputs are written per event as <stem>.<event>.<ext>.
+    /// Without -o, the hottest functions are printed.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub outputs: Vec<PathBuf>,
+
+    /// How many functions the table shows.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+
+    /// Draw a ratio flame graph NUMERATOR/DENOMINATOR of two recorded events: widths
+    /// follow the denominator, colours how each function's ratio compares with the
+    /// profile's.
+    #[arg(long, value_name = "NUM/DEN")]
+    pub ratio: Option<String>,
+
+    #[command(flatten)]
+    pub flame: FlameArgs,
+}
+
+impl ReportArgs {
+    /// Validates the flags.
+    pub fn into_config(self) -> Result<ReportConfig> {
+        let ratio = match self.ratio {
+            None => None,
+            Some(text) => match text.split_once('/') {
+                Some((num, den)) if !num.is_empty() && !den.is_empty() && !den.contains('/') => {
+                    Some((num.to_owned(), den.to_owned()))
+                }
+                _ => bail!(
+                    "--ratio takes two events as NUMERATOR/DENOMINATOR, e.g. page-faults/cpu-clock, not `{text}`"
+                ),
+            },
+        };
+        Ok(ReportConfig {
+            input: self.input,
+            events: self.events,
+            outputs: self.outputs,
+            top: self.top,
+            ratio,
+            flame: self.flame.into_options()?,
+        })
+    }
+}
+
+/// `prof diff` flags.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The baseline profile (pprof or .folded).
+    #[arg(value_name = "BEFORE")]
+    pub before: PathBuf,
+
+    /// The profile to compare with it.
+    #[arg(value_name = "AFTER")]
+    pub after: PathBuf,
+
+    /// The event to compare [default: the first both profiles have].
+    #[arg(long, short = 'e', value_name = "EVENT")]
+    pub event: Option<String>,
+
+    /// Scale BEFORE to AFTER's total, so recordings of different lengths compare by share.
+    #[arg(long)]
+    pub normalize: bool,
+
+    /// Output file: .svg (differential flame graph) or .folded (`stack before after`).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "PATH",
+        default_value = "diff.svg"
+    )]
+    pub outputs: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub flame: FlameArgs,
+}
+
 const RECORD_EXAMPLES: &str = "\
 Examples:
   # A command, and everything it forks:
@@ -214,9 +340,10 @@ pub struct RecordArgs {
     #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
     pub duration: Option<f64>,
 
-    /// Output file; repeat for several. The extension picks the format: .svg (flame graph)
-    /// or .folded (collapsed stacks). With several events, each output is written per event
-    /// as <stem>.<event>.<ext>.
+    /// Output file; repeat for several. The extension picks the format: .svg (flame graph),
+    /// .folded (collapsed stacks) or .pb.gz / .pprof (pprof, every event in one file). With
+    /// several events, each .svg and .folded output is written per event as
+    /// <stem>.<event>.<ext>.
     #[arg(
         short = 'o',
         long = "output",
@@ -235,9 +362,62 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub counts_map_size: u32,
 
+    #[command(flatten)]
+    pub flame: FlameArgs,
+
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// How flame graphs are drawn (`record` and `report`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Flame graph options")]
+pub struct FlameArgs {
+    /// The flame graph's title [default: prof: <event>].
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
+
+    /// inferno's palette: java (kernel frames orange), hot, mem, io, wakeup, js, perl,
+    /// python, rust, red, green, blue, aqua, yellow, purple, orange.
+    #[arg(long, value_name = "PALETTE", default_value = "java")]
+    pub colors: String,
+
+    /// Draw an icicle graph of reversed stacks: the leaf functions on top, their callers
+    /// hanging below, so hot functions called from many places add up.
+    #[arg(long)]
+    pub reverse: bool,
+
+    /// Prune frames narrower than this many pixels (of 1200); the subtitle says how much
+    /// was pruned. Keeps graphs of many stacks quick to open.
+    #[arg(long, value_name = "PIXELS", default_value_t = 0.1)]
+    pub minwidth: f64,
+
+    /// Split the root frame by process, as `comm (pid)`, instead of by name only.
+    #[arg(long)]
+    pub per_pid: bool,
+}
+
+impl FlameArgs {
+    /// Validates the options.
+    pub fn into_options(self) -> Result<flamegraph::Options> {
+        if let Err(err) = flamegraph::palette(&self.colors) {
+            bail!("{err}");
+        }
+        if !(self.minwidth.is_finite() && self.minwidth >= 0.0) {
+            bail!(
+                "--minwidth must be a number of pixels, 0 or more, not {}",
+                self.minwidth
+            );
+        }
+        Ok(flamegraph::Options {
+            title: self.title,
+            colors: self.colors,
+            reverse: self.reverse,
+            min_width: self.minwidth,
+            per_pid: self.per_pid,
+        })
+    }
 }
 
 /// The default sampling frequency: odd, so it does not beat with periodic work.
@@ -280,6 +460,7 @@ impl RecordArgs {
             outputs: self.outputs,
             stack_storage_size: self.stack_storage_size,
             counts_map_size: self.counts_map_size,
+            flame: self.flame.into_options()?,
         })
     }
 }
@@ -306,6 +487,15 @@ impl Cli {
                 let config = args.into_config()?;
                 crate::cmd::agent::run(config)
             }
+            Command::Report(args) => crate::cmd::report::run(args.into_config()?),
+            Command::Diff(args) => crate::cmd::diff::run(crate::cmd::diff::DiffConfig {
+                before: args.before,
+                after: args.after,
+                event: args.event,
+                normalize: args.normalize,
+                outputs: args.outputs,
+                flame: args.flame.into_options()?,
+            }),
             Command::List => crate::cmd::list::run(),
         }
     }

@@ -85,6 +85,19 @@ impl Modifiers {
     }
 }
 
+/// An event name made safe for a file name: `cpu-clock:u` → `cpu-clock_u`.
+pub fn file_name_part(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// What an event's sample periods add up to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -92,14 +105,38 @@ pub enum Unit {
     Nanoseconds,
     /// Occurrences of the event.
     Events,
+    /// Bytes (memory profiles written by other programs).
+    Bytes,
+    /// A count of anything else (units prof does not know, in files of other programs).
+    Count,
 }
 
 impl Unit {
-    /// The name used in flame graph tooltips and summaries.
+    /// The name used in flame graph tooltips, summaries and pprof sample types.
     pub fn as_str(self) -> &'static str {
         match self {
             Unit::Nanoseconds => "nanoseconds",
             Unit::Events => "events",
+            Unit::Bytes => "bytes",
+            Unit::Count => "count",
+        }
+    }
+
+    /// The unit a pprof sample type names.
+    pub fn from_name(name: &str) -> Unit {
+        match name {
+            "nanoseconds" => Unit::Nanoseconds,
+            "events" => Unit::Events,
+            "bytes" => Unit::Bytes,
+            _ => Unit::Count,
+        }
+    }
+
+    /// `total` in this unit, for people: "1.23 s", "1,234 events".
+    pub fn describe(self, total: u64) -> String {
+        match self {
+            Unit::Nanoseconds => format!("{:.2} s", total as f64 / 1e9),
+            unit => format!("{} {}", crate::text::thousands(total), unit.as_str()),
         }
     }
 }
@@ -139,16 +176,7 @@ impl Event {
 
     /// The name made safe for a file name component (`cpu-clock:u` → `cpu-clock_u`).
     pub fn file_name_part(&self) -> String {
-        self.name()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
+        file_name_part(&self.name())
     }
 
     /// Whether this is the generic `cycles` event, the one perf falls back from.

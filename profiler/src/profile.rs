@@ -1,13 +1,22 @@
 //! The in-memory profile: symbolized stacks with their sample counts and estimated event
 //! counts, per event, plus everything that was lost or could not be resolved.
 //!
-//! In: built by [`crate::symbolize`]. Out: read by the exporters and the summary.
+//! The model follows pprof's: a stack is a list of [`Location`]s (an address in a
+//! [`Mapping`], with one [`Line`] per function, inlined ones included), and each stack
+//! belongs to a set of [`Labels`] (pid, comm, ...). Locations, mappings and labels are
+//! interned in per-profile [`Table`]s, so a stack is a short list of ids and every event of
+//! a recording shares them, as in a pprof file.
+//!
+//! In: built by [`crate::symbolize`], or read from a file by [`crate::export::pprof`] and
+//! [`crate::export::folded`]. Out: read by the exporters and the summary.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::hash::Hash;
 use std::ops::AddAssign;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::events::Unit;
 
@@ -76,6 +85,41 @@ impl UnknownReason {
     }
 }
 
+impl UnknownReason {
+    /// Every reason, in order.
+    pub const ALL: [UnknownReason; 9] = [
+        UnknownReason::StackMapFull,
+        UnknownReason::NoStack,
+        UnknownReason::ProcessUnknown,
+        UnknownReason::Unmapped,
+        UnknownReason::Anonymous,
+        UnknownReason::Vdso,
+        UnknownReason::FileUnreadable,
+        UnknownReason::NoSymbol,
+        UnknownReason::KernelNoSymbol,
+    ];
+
+    /// A stable machine-readable name, used in pprof comments.
+    pub fn key(self) -> &'static str {
+        match self {
+            UnknownReason::StackMapFull => "stack_map_full",
+            UnknownReason::NoStack => "no_stack",
+            UnknownReason::ProcessUnknown => "process_unknown",
+            UnknownReason::Unmapped => "unmapped",
+            UnknownReason::Anonymous => "anonymous",
+            UnknownReason::Vdso => "vdso",
+            UnknownReason::FileUnreadable => "file_unreadable",
+            UnknownReason::NoSymbol => "no_symbol",
+            UnknownReason::KernelNoSymbol => "kernel_no_symbol",
+        }
+    }
+
+    /// The reason named `key`.
+    pub fn from_key(key: &str) -> Option<UnknownReason> {
+        UnknownReason::ALL.into_iter().find(|r| r.key() == key)
+    }
+}
+
 impl fmt::Display for UnknownReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.describe())
@@ -96,6 +140,202 @@ pub struct Losses {
     pub map_full: u64,
 }
 
+impl Losses {
+    /// Samples whose stack is missing or which were dropped.
+    pub fn lost(&self) -> u64 {
+        self.stack_map_full + self.no_stack + self.map_full
+    }
+}
+
+/// A mapped file (or the kernel): what a location's address belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// The file as the process saw it, or a pseudo-name such as `[kernel.kallsyms]`.
+    pub file: Arc<str>,
+    /// The GNU build id, in hex.
+    pub build_id: Option<Arc<str>>,
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub limit: u64,
+    /// Offset in the file of `start`.
+    pub offset: u64,
+}
+
+/// The name of the kernel's pseudo-mapping, as perf names it.
+pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
+
+/// One function of a location, and where in its source the location lies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Line {
+    /// The (demangled) function name.
+    pub function: Arc<str>,
+    /// The source file, where debug information tells it.
+    pub file: Option<Arc<str>>,
+    /// The source line (0: unknown).
+    pub line: u32,
+}
+
+/// An address and the functions it lies in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// The instruction address (0: none, e.g. a lost stack).
+    pub address: u64,
+    /// The mapping, by id in [`Profile::mappings`].
+    pub mapping: Option<u32>,
+    /// The functions, outermost first: inlined functions follow the function they were
+    /// inlined into. Empty when the address could not be resolved.
+    pub lines: Vec<Line>,
+    /// Whether this is kernel code.
+    pub kernel: bool,
+}
+
+impl Location {
+    /// An unresolved location without an address.
+    pub fn unknown() -> Location {
+        Location {
+            address: 0,
+            mapping: None,
+            lines: Vec::new(),
+            kernel: false,
+        }
+    }
+
+    /// A location of just a function name, as folded stacks give them: a `_[k]` suffix marks
+    /// kernel functions and `[unknown]` unresolved frames.
+    pub fn named(name: &str) -> Location {
+        if name == UNKNOWN_FRAME {
+            return Location::unknown();
+        }
+        let (function, kernel) = match name.strip_suffix(KERNEL_SUFFIX) {
+            Some(function) => (function, true),
+            None => (name, false),
+        };
+        Location {
+            address: 0,
+            mapping: None,
+            lines: vec![Line {
+                function: Arc::from(function),
+                file: None,
+                line: 0,
+            }],
+            kernel,
+        }
+    }
+
+    /// The frame names of this location, outermost first: one per line (kernel ones with
+    /// `_[k]`), or `[unknown]`. `;` is replaced, as it separates frames in folded stacks.
+    pub fn frame_names(&self) -> Vec<Cow<'_, str>> {
+        if self.lines.is_empty() {
+            return vec![Cow::Borrowed(UNKNOWN_FRAME)];
+        }
+        self.lines
+            .iter()
+            .map(|line| {
+                let name = &*line.function;
+                if !self.kernel && !name.contains(';') {
+                    return Cow::Borrowed(name);
+                }
+                let mut text = name.replace(';', ":");
+                if self.kernel {
+                    text.push_str(KERNEL_SUFFIX);
+                }
+                Cow::Owned(text)
+            })
+            .collect()
+    }
+
+    /// The innermost frame's name.
+    pub fn leaf_name(&self) -> Cow<'_, str> {
+        self.frame_names()
+            .pop()
+            .unwrap_or(Cow::Borrowed(UNKNOWN_FRAME))
+    }
+}
+
+/// Who a stack belongs to: the pprof labels of its samples.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Labels {
+    /// The process id.
+    pub pid: Option<u32>,
+    /// The process name.
+    pub comm: Option<Arc<str>>,
+    /// Any other labels (executable, cgroup, or what another program wrote).
+    pub extra: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl Labels {
+    /// The flame graph's root frame for these labels: the comm, with `per_pid` also the pid
+    /// (`comm (pid)`); `[pid N]` when only the pid is known; none when neither is.
+    pub fn root_frame(&self, per_pid: bool) -> Option<String> {
+        let comm = self.comm.as_deref().map(|c| c.replace(';', ":"));
+        match (comm, self.pid) {
+            (Some(comm), Some(pid)) if per_pid => Some(format!("{comm} ({pid})")),
+            (Some(comm), _) => Some(comm),
+            (None, Some(pid)) => Some(format!("[pid {pid}]")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Interned values with dense `u32` ids, in insertion order.
+#[derive(Clone, Debug)]
+pub struct Table<T> {
+    items: Vec<T>,
+    ids: HashMap<T, u32>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            items: Vec::new(),
+            ids: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + Hash> Table<T> {
+    /// The id of `item`, adding it if it is new.
+    pub fn intern(&mut self, item: T) -> u32 {
+        if let Some(&id) = self.ids.get(&item) {
+            return id;
+        }
+        let id = u32::try_from(self.items.len()).expect("fewer than 2^32 table entries");
+        self.items.push(item.clone());
+        self.ids.insert(item, id);
+        id
+    }
+
+    /// The item with `id`, which this table handed out.
+    pub fn get(&self, id: u32) -> &T {
+        &self.items[id as usize]
+    }
+
+    /// Every item, by id.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u32, &T)> {
+        self.items.iter().enumerate().map(|(i, t)| (i as u32, t))
+    }
+
+    /// How many items there are.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// A stack and whose it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stack {
+    /// The labels, by id in [`Profile::labels`].
+    pub labels: u32,
+    /// Locations by id in [`Profile::locations`], root (outermost) first, leaf last.
+    pub locations: Box<[u32]>,
+}
+
 /// The profile of one event.
 #[derive(Clone, Debug)]
 pub struct EventProfile {
@@ -103,8 +343,8 @@ pub struct EventProfile {
     pub name: String,
     /// What the periods add up to.
     pub unit: Unit,
-    /// Stacks, root (comm) first, leaf last, with what they got.
-    pub stacks: HashMap<Vec<Frame>, Value>,
+    /// Stacks with what they got.
+    pub stacks: HashMap<Stack, Value>,
     /// Kernel-side losses.
     pub losses: Losses,
     /// Samples with at least one `[unknown]` frame, by reason (a sample with frames unknown
@@ -125,7 +365,7 @@ impl EventProfile {
     }
 
     /// Adds `value` to `stack`.
-    pub fn add(&mut self, stack: Vec<Frame>, value: Value) {
+    pub fn add(&mut self, stack: Stack, value: Value) {
         *self.stacks.entry(stack).or_default() += value;
     }
 
@@ -138,136 +378,231 @@ impl EventProfile {
         total
     }
 
-    /// Stacks in a stable order (by frames), for deterministic output.
-    pub fn sorted_stacks(&self) -> Vec<(&[Frame], Value)> {
-        let mut stacks: Vec<(&[Frame], Value)> = self
-            .stacks
-            .iter()
-            .map(|(frames, value)| (frames.as_slice(), *value))
-            .collect();
-        stacks.sort_by(|a, b| a.0.cmp(b.0));
-        stacks
-    }
-
-    /// The `n` functions with the largest self share of the estimated count, largest first.
-    /// A function's self share is the period of the stacks it is the leaf of, over the total.
-    pub fn hottest_self(&self, n: usize) -> Vec<(Frame, f64)> {
-        let total = self.total().period.max(1) as f64;
-        let mut by_leaf: HashMap<&Frame, u64> = HashMap::new();
-        for (frames, value) in &self.stacks {
-            // A stack of just the comm has no function to blame.
-            if frames.len() > 1
-                && let Some(leaf) = frames.last()
-            {
-                *by_leaf.entry(leaf).or_default() += value.period;
-            }
-        }
-        let mut ranked: Vec<(Frame, f64)> = by_leaf
-            .into_iter()
-            .map(|(frame, period)| (Arc::clone(frame), period as f64 / total))
-            .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        ranked.truncate(n);
-        ranked
-    }
-
     /// Samples with any `[unknown]` frame, counted once per reason.
     pub fn unknown_total(&self) -> u64 {
         self.unknown.values().sum()
     }
 }
 
-/// A whole recording.
+/// A function's share of an event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionShare {
+    /// The frame name.
+    pub name: String,
+    /// Share of the estimated count in stacks where it is the leaf.
+    pub self_share: f64,
+    /// Share of the estimated count in stacks where it appears at all.
+    pub total_share: f64,
+}
+
+/// A whole recording: every event's stacks, and the tables they refer to.
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
     /// One per event, in the order recorded.
     pub events: Vec<EventProfile>,
+    /// Mapped files.
+    pub mappings: Table<Mapping>,
+    /// Locations.
+    pub locations: Table<Location>,
+    /// Label sets.
+    pub labels: Table<Labels>,
+    /// When sampling started.
+    pub start: Option<SystemTime>,
     /// How long sampling ran.
     pub duration: Duration,
     /// Children of targets the kernel could not add to the target set.
     pub forks_untracked: u64,
     /// Side-band records the kernel dropped (mappings of new processes may be missing).
     pub side_band_lost: u64,
+    /// Free-form comments from the file the profile was read from.
+    pub comments: Vec<String>,
+}
+
+impl Profile {
+    /// The frame names of `stack`, root first: the root frame of its labels (see
+    /// [`Labels::root_frame`]), then every location's frames.
+    pub fn frame_names(&self, stack: &Stack, per_pid: bool) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .labels
+            .get(stack.labels)
+            .root_frame(per_pid)
+            .into_iter()
+            .collect();
+        for &location in stack.locations.iter() {
+            names.extend(
+                self.locations
+                    .get(location)
+                    .frame_names()
+                    .into_iter()
+                    .map(Cow::into_owned),
+            );
+        }
+        names
+    }
+
+    /// Adds a stack of frame names (root first, as in a folded line) with these labels to
+    /// event `event`.
+    pub fn add_named(&mut self, event: usize, labels: Labels, frames: &[&str], value: Value) {
+        let labels = self.labels.intern(labels);
+        let locations = frames
+            .iter()
+            .map(|name| self.locations.intern(Location::named(name)))
+            .collect();
+        self.events[event].add(Stack { labels, locations }, value);
+    }
+
+    /// The index of the event called `name`.
+    pub fn event_index(&self, name: &str) -> Option<usize> {
+        self.events.iter().position(|e| e.name == name)
+    }
+
+    /// Functions of event `event` ranked by self share of the estimated count (ties by
+    /// name), with their total share. A stack with no location has no function to blame.
+    pub fn function_shares(&self, event: usize) -> Vec<FunctionShare> {
+        let profile = &self.events[event];
+        let total = profile.total().period.max(1) as f64;
+        let mut shares: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for (stack, value) in &profile.stacks {
+            let Some(&leaf) = stack.locations.last() else {
+                continue;
+            };
+            let leaf = self.locations.get(leaf).leaf_name().into_owned();
+            shares.entry(leaf).or_default().0 += value.period;
+            seen.clear();
+            for &location in stack.locations.iter() {
+                for name in self.locations.get(location).frame_names() {
+                    if !seen.contains(name.as_ref()) {
+                        seen.insert(name.into_owned());
+                    }
+                }
+            }
+            for name in seen.drain() {
+                shares.entry(name).or_default().1 += value.period;
+            }
+        }
+        let mut ranked: Vec<FunctionShare> = shares
+            .into_iter()
+            .map(|(name, (self_period, total_period))| FunctionShare {
+                name,
+                self_share: self_period as f64 / total,
+                total_share: total_period as f64 / total,
+            })
+            .collect();
+        ranked.sort_by(|a, b| {
+            b.self_share
+                .total_cmp(&a.self_share)
+                .then_with(|| b.total_share.total_cmp(&a.total_share))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        ranked
+    }
+
+    /// The `n` functions with the largest self share of event `event`, largest first.
+    pub fn hottest_self(&self, event: usize, n: usize) -> Vec<(String, f64)> {
+        self.function_shares(event)
+            .into_iter()
+            .filter(|share| share.self_share > 0.0)
+            .take(n)
+            .map(|share| (share.name, share.self_share))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stack(frames: &[&str]) -> Vec<Frame> {
-        frames.iter().map(|f| Frame::from(*f)).collect()
+    fn one_event(name: &str, unit: Unit) -> Profile {
+        Profile {
+            events: vec![EventProfile::new(name.into(), unit)],
+            ..Profile::default()
+        }
     }
 
-    /// Self shares come from leaf frames, weighted by period, and merge across stacks.
+    fn value(samples: u64, period: u64) -> Value {
+        Value { samples, period }
+    }
+
+    /// Self shares come from leaf frames, weighted by period, and merge across stacks;
+    /// total shares count a function once per stack, however often it recurses.
     #[test]
-    fn hottest_self_ranks_leaves_by_period() {
-        let mut profile = EventProfile::new("cpu-clock".into(), Unit::Nanoseconds);
-        profile.add(
-            stack(&["app", "main", "a"]),
-            Value {
-                samples: 3,
-                period: 300,
-            },
-        );
-        profile.add(
-            stack(&["app", "main", "b"]),
-            Value {
-                samples: 1,
-                period: 100,
-            },
-        );
-        profile.add(
-            stack(&["app", "other", "a"]),
-            Value {
-                samples: 1,
-                period: 100,
-            },
-        );
-        profile.add(
-            stack(&["app"]),
-            Value {
-                samples: 5,
-                period: 500,
-            },
-        );
-        let hottest = profile.hottest_self(5);
-        assert_eq!(hottest[0], (Frame::from("a"), 0.4));
-        assert_eq!(hottest[1], (Frame::from("b"), 0.1));
-        assert_eq!(hottest.len(), 2);
-        assert_eq!(
-            profile.total(),
-            Value {
-                samples: 10,
-                period: 1000
-            }
-        );
+    fn function_shares_rank_leaves_by_period() {
+        let mut profile = one_event("cpu-clock", Unit::Nanoseconds);
+        let app = Labels {
+            pid: Some(7),
+            comm: Some("app".into()),
+            extra: Vec::new(),
+        };
+        profile.add_named(0, app.clone(), &["main", "a"], value(3, 300));
+        profile.add_named(0, app.clone(), &["main", "b"], value(1, 100));
+        profile.add_named(0, app.clone(), &["other", "a", "other", "a"], value(1, 100));
+        profile.add_named(0, app, &[], value(5, 500));
+        let hottest = profile.hottest_self(0, 5);
+        assert_eq!(hottest, vec![("a".to_owned(), 0.4), ("b".to_owned(), 0.1)]);
+        let shares = profile.function_shares(0);
+        let main = shares.iter().find(|s| s.name == "main").unwrap();
+        assert_eq!((main.self_share, main.total_share), (0.0, 0.4));
+        let other = shares.iter().find(|s| s.name == "other").unwrap();
+        assert_eq!(other.total_share, 0.1);
+        assert_eq!(profile.events[0].total(), value(10, 1000));
     }
 
-    /// Adding to an existing stack accumulates.
+    /// Adding the same names again accumulates into one stack: locations and labels are
+    /// interned.
     #[test]
     fn add_accumulates() {
-        let mut profile = EventProfile::new("page-faults".into(), Unit::Events);
-        profile.add(
-            stack(&["app", "f"]),
-            Value {
-                samples: 1,
-                period: 7,
-            },
-        );
-        profile.add(
-            stack(&["app", "f"]),
-            Value {
-                samples: 2,
-                period: 9,
-            },
-        );
-        assert_eq!(profile.stacks.len(), 1);
-        assert_eq!(
-            profile.sorted_stacks()[0].1,
-            Value {
-                samples: 3,
-                period: 16
-            }
-        );
+        let mut profile = one_event("page-faults", Unit::Events);
+        profile.add_named(0, Labels::default(), &["f", "g_[k]"], value(1, 7));
+        profile.add_named(0, Labels::default(), &["f", "g_[k]"], value(2, 9));
+        assert_eq!(profile.events[0].stacks.len(), 1);
+        assert_eq!(profile.locations.len(), 2);
+        let (stack, total) = profile.events[0].stacks.iter().next().unwrap();
+        assert_eq!(*total, value(3, 16));
+        assert_eq!(profile.frame_names(stack, false), ["f", "g_[k]"]);
+        assert!(profile.locations.get(stack.locations[1]).kernel);
+    }
+
+    /// The root frame is the comm, `comm (pid)` per pid, `[pid N]` without a comm.
+    #[test]
+    fn root_frames() {
+        let labels = Labels {
+            pid: Some(42),
+            comm: Some("a;b".into()),
+            extra: Vec::new(),
+        };
+        assert_eq!(labels.root_frame(false).as_deref(), Some("a:b"));
+        assert_eq!(labels.root_frame(true).as_deref(), Some("a:b (42)"));
+        let pid_only = Labels {
+            pid: Some(42),
+            ..Labels::default()
+        };
+        assert_eq!(pid_only.root_frame(false).as_deref(), Some("[pid 42]"));
+        assert_eq!(Labels::default().root_frame(true), None);
+    }
+
+    /// Inlined functions are frames of their own, outermost first; unresolved locations are
+    /// `[unknown]`.
+    #[test]
+    fn location_frame_names() {
+        let line = |f: &str| Line {
+            function: f.into(),
+            file: None,
+            line: 0,
+        };
+        let location = Location {
+            address: 0x1000,
+            mapping: None,
+            lines: vec![line("outer"), line("inlined")],
+            kernel: false,
+        };
+        assert_eq!(location.frame_names(), ["outer", "inlined"]);
+        assert_eq!(location.leaf_name(), "inlined");
+        assert_eq!(Location::unknown().frame_names(), [UNKNOWN_FRAME]);
+        assert_eq!(Location::named(UNKNOWN_FRAME), Location::unknown());
+        assert_eq!(UnknownReason::from_key("vdso"), Some(UnknownReason::Vdso));
+        for reason in UnknownReason::ALL {
+            assert_eq!(UnknownReason::from_key(reason.key()), Some(reason));
+        }
     }
 }

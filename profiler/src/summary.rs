@@ -6,21 +6,25 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::events::Unit;
-use crate::profile::{EventProfile, Profile};
+use crate::profile::Profile;
 use crate::text::thousands;
 
 /// How many hottest functions to list.
 pub const HOTTEST: usize = 5;
 
-/// Renders the summary. `written` pairs each written file with its event index.
-pub fn render(profile: &Profile, written: &[(usize, PathBuf)]) -> String {
+/// Renders the summary. `written` pairs each written file with its event index (`None`:
+/// a file of every event).
+pub fn render(profile: &Profile, written: &[(Option<usize>, PathBuf)]) -> String {
     let mut out = String::new();
     let seconds = profile.duration.as_secs_f64();
-    for (index, event) in profile.events.iter().enumerate() {
-        render_event(&mut out, event, seconds);
-        for (_, path) in written.iter().filter(|(i, _)| *i == index) {
+    for index in 0..profile.events.len() {
+        render_event(&mut out, profile, index, seconds);
+        for (_, path) in written.iter().filter(|(i, _)| *i == Some(index)) {
             let _ = writeln!(out, "  wrote {}", path.display());
         }
+    }
+    for (_, path) in written.iter().filter(|(i, _)| i.is_none()) {
+        let _ = writeln!(out, "wrote {} (every event)", path.display());
     }
     if profile.forks_untracked > 0 {
         let _ = writeln!(
@@ -40,11 +44,12 @@ pub fn render(profile: &Profile, written: &[(usize, PathBuf)]) -> String {
     out
 }
 
-fn render_event(out: &mut String, event: &EventProfile, seconds: f64) {
+fn render_event(out: &mut String, profile: &Profile, index: usize, seconds: f64) {
+    let event = &profile.events[index];
     let total = event.total();
     let count = match event.unit {
         Unit::Nanoseconds => format!("{:.3} s of CPU time", total.period as f64 / 1e9),
-        Unit::Events => format!("~{} events", thousands(total.period)),
+        unit => format!("~{}", unit.describe(total.period)),
     };
     let _ = writeln!(
         out,
@@ -94,7 +99,7 @@ fn render_event(out: &mut String, event: &EventProfile, seconds: f64) {
             reasons.join(", ")
         );
     }
-    let hottest = event.hottest_self(HOTTEST);
+    let hottest = profile.hottest_self(index, HOTTEST);
     if !hottest.is_empty() {
         let _ = writeln!(out, "  hottest (self):");
         for (frame, share) in hottest {
@@ -103,33 +108,65 @@ fn render_event(out: &mut String, event: &EventProfile, seconds: f64) {
     }
 }
 
+/// A table of event `event`'s `top` hottest functions by self share, with their total
+/// share: what `prof report` prints when no output file is asked for.
+pub fn top_table(profile: &Profile, event: usize, top: usize) -> String {
+    let events = &profile.events[event];
+    let total = events.total();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: {} samples, {}, {} unique stacks",
+        events.name,
+        thousands(total.samples),
+        events.unit.describe(total.period),
+        thousands(events.stacks.len() as u64)
+    );
+    let _ = writeln!(out, "{:>7} {:>7}  function", "self", "total");
+    for share in profile.function_shares(event).into_iter().take(top) {
+        let _ = writeln!(
+            out,
+            "{:>6.2}% {:>6.2}%  {}",
+            share.self_share * 100.0,
+            share.total_share * 100.0,
+            share.name
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Frame, UnknownReason, Value};
+    use crate::profile::{EventProfile, Labels, UnknownReason, Value};
 
     /// The summary names totals, losses with their fixing flags, unknown reasons, the
     /// hottest functions and the paths written.
     #[test]
     fn summary_lines() {
-        let mut event = EventProfile::new("cpu-clock".into(), Unit::Nanoseconds);
-        let stack = vec![Frame::from("app"), Frame::from("main"), Frame::from("hot")];
-        event.add(
-            stack,
-            Value {
-                samples: 1500,
-                period: 1_500_000_000,
-            },
-        );
-        event.losses.stack_map_full = 3;
-        event.losses.map_full = 2;
-        event.unknown.insert(UnknownReason::Unmapped, 7);
-        let profile = Profile {
-            events: vec![event],
+        let mut profile = Profile {
+            events: vec![EventProfile::new("cpu-clock".into(), Unit::Nanoseconds)],
             duration: std::time::Duration::from_secs(2),
             ..Profile::default()
         };
-        let text = render(&profile, &[(0, PathBuf::from("prof.svg"))]);
+        let app = Labels {
+            comm: Some("app".into()),
+            ..Labels::default()
+        };
+        let value = Value {
+            samples: 1500,
+            period: 1_500_000_000,
+        };
+        profile.add_named(0, app, &["main", "hot"], value);
+        let event = &mut profile.events[0];
+        event.losses.stack_map_full = 3;
+        event.losses.map_full = 2;
+        event.unknown.insert(UnknownReason::Unmapped, 7);
+        let written = [
+            (Some(0), PathBuf::from("prof.svg")),
+            (None, PathBuf::from("prof.pb.gz")),
+        ];
+        let text = render(&profile, &written);
         assert!(
             text.contains(
                 "cpu-clock: 1,500 samples in 2.0 s, 1.500 s of CPU time, 1 unique stacks"
@@ -144,5 +181,6 @@ mod tests {
         );
         assert!(text.contains("100.0%  hot"), "{text}");
         assert!(text.contains("wrote prof.svg"), "{text}");
+        assert!(text.contains("wrote prof.pb.gz (every event)"), "{text}");
     }
 }

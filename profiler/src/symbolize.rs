@@ -1,34 +1,49 @@
-//! Symbolize: raw instruction pointers → function names, with blazesym.
+//! Symbolize: raw instruction pointers → locations with function names, source lines and
+//! mappings, with blazesym.
 //!
-//! In: [`Drained`] samples and the [`ProcessTable`]. Out: one [`EventProfile`] per event,
-//! stacks written root first: the process name, user frames outermost first (inlined
-//! functions as frames of their own), then kernel frames marked `_[k]`.
+//! In: [`Drained`] samples and the [`ProcessTable`]. Out: a [`Profile`] with one
+//! [`EventProfile`] per event. Each stack belongs to its process's labels (pid and comm) and
+//! lists user locations outermost first, then kernel locations; a location holds its
+//! inlined functions as extra lines.
 //!
 //! User addresses are turned into (file, file offset) through the process table rather than
 //! through `/proc/<pid>/maps`, so processes that exited before the end of the recording are
 //! symbolized too. Every unique (file, offset) and kernel address is symbolized once, in one
-//! batch per file. What cannot be resolved becomes `[unknown]`, and its reason is counted.
+//! batch per file. What cannot be resolved becomes an `[unknown]` location (no lines), and
+//! its reason is counted.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
-use blazesym::symbolize::{Input, Symbolized};
+use blazesym::symbolize::{CodeInfo, Input, Symbolized};
 
 use crate::drain::{Drained, RawSample, RawStack};
 use crate::events::Unit;
-use crate::procs::{Backing, ProcessTable, openable_path};
-use crate::profile::{EventProfile, Frame, KERNEL_SUFFIX, UNKNOWN_FRAME, UnknownReason};
+use crate::procs::{self, Backing, ProcessTable, openable_path};
+use crate::profile::{
+    EventProfile, KERNEL_MAPPING, Labels, Line, Location, Mapping, Profile, Stack, UnknownReason,
+};
 
-/// What one symbolized address becomes: its frames, outermost inlined caller first.
-type Resolution = Result<Arc<[Frame]>, UnknownReason>;
+/// What one symbolized address becomes: a location id, and why it is unresolved if it is.
+type Resolution = (u32, Option<UnknownReason>);
+
+/// The functions at one address, outermost first, or why there are none.
+type Lines = Result<Vec<Line>, UnknownReason>;
 
 /// Where a user address points.
 #[derive(Clone, Copy, Debug)]
 enum UserLocation {
-    File { file: usize, offset: u64 },
-    Unknown(UnknownReason),
+    File {
+        file: usize,
+        offset: u64,
+        mapping: u32,
+    },
+    Unknown {
+        reason: UnknownReason,
+        mapping: Option<u32>,
+    },
 }
 
 /// A reusable symbolizer: blazesym caches parsed files between calls.
@@ -53,7 +68,8 @@ pub struct EventInfo {
 }
 
 impl Symbolizer {
-    /// A symbolizer that reads DWARF (for inlined functions) and demangles Rust and C++.
+    /// A symbolizer that reads DWARF (for inlined functions and lines) and demangles Rust
+    /// and C++.
     pub fn new() -> Symbolizer {
         Symbolizer::with_debug_info(true)
     }
@@ -70,71 +86,84 @@ impl Symbolizer {
         Symbolizer { blazesym }
     }
 
-    /// Symbolizes every sample into per-event profiles.
+    /// Symbolizes every sample into a profile with one [`EventProfile`] per event (the
+    /// caller fills in the recording's times and process-level counters).
     pub fn symbolize(
         &self,
         drained: &Drained,
         processes: &ProcessTable,
         events: &[EventInfo],
-    ) -> Vec<EventProfile> {
-        let mut names = Names::default();
-        let user = self.resolve_user(&drained.samples, processes, &mut names);
-        let kernel = self.resolve_kernel(&drained.samples, &mut names);
+    ) -> Profile {
+        let mut profile = Profile {
+            events: events
+                .iter()
+                .map(|e| EventProfile::new(e.name.clone(), e.unit))
+                .collect(),
+            ..Profile::default()
+        };
+        let mut strings = Strings::default();
+        let user = self.resolve_user(&drained.samples, processes, &mut profile, &mut strings);
+        let kernel = self.resolve_kernel(&drained.samples, &mut profile, &mut strings);
 
-        let mut profiles: Vec<EventProfile> = events
-            .iter()
-            .map(|e| EventProfile::new(e.name.clone(), e.unit))
-            .collect();
-        for (index, profile) in profiles.iter_mut().enumerate() {
-            if let Some(stats) = drained.stats.events.get(index) {
-                profile.losses.kernel_samples = stats.samples;
-                profile.losses.stack_map_full = stats.stack_map_full;
-                profile.losses.no_stack = stats.no_stack;
-                profile.losses.map_full = stats.map_full;
-            }
+        for (event, stats) in profile.events.iter_mut().zip(&drained.stats.events) {
+            event.losses.kernel_samples = stats.samples;
+            event.losses.stack_map_full = stats.stack_map_full;
+            event.losses.no_stack = stats.no_stack;
+            event.losses.map_full = stats.map_full;
         }
-        let unknown = names.intern(UNKNOWN_FRAME);
+        let unknown = profile.locations.intern(Location::unknown());
+        let mut labels_of: HashMap<u32, u32> = HashMap::new();
         for sample in &drained.samples {
-            let Some(profile) = profiles.get_mut(sample.event) else {
+            if sample.event >= profile.events.len() {
                 continue;
-            };
-            let mut stack = vec![comm_frame(sample.tgid, processes, &mut names)];
+            }
+            let labels = *labels_of.entry(sample.tgid).or_insert_with(|| {
+                profile
+                    .labels
+                    .intern(labels(sample.tgid, processes, &mut strings))
+            });
+            let depth = sample.user.frames().len() + sample.kernel.frames().len();
+            let mut locations = Vec::with_capacity(depth + 1);
             let mut unknowns: BTreeSet<UnknownReason> = BTreeSet::new();
-            let mut push = |resolution: &Resolution, stack: &mut Vec<Frame>| match resolution {
-                Ok(frames) => stack.extend(frames.iter().cloned()),
-                Err(reason) => {
-                    stack.push(Arc::clone(&unknown));
-                    unknowns.insert(*reason);
-                }
+            let mut push = |(location, reason): Resolution| {
+                locations.push(location);
+                unknowns.extend(reason);
             };
             if let Some(reason) = lost_stack_reason(sample) {
-                push(&Err(reason), &mut stack);
+                push((unknown, Some(reason)));
             }
             for (depth, &ip) in sample.user.frames().iter().enumerate().rev() {
-                push(&user[&(sample.tgid, lookup_address(ip, depth))], &mut stack);
+                push(user[&(sample.tgid, lookup_address(ip, depth))]);
             }
             for (depth, &ip) in sample.kernel.frames().iter().enumerate().rev() {
-                push(&kernel[&lookup_address(ip, depth)], &mut stack);
+                push(kernel[&lookup_address(ip, depth)]);
             }
+            let event = &mut profile.events[sample.event];
             for reason in unknowns {
-                *profile.unknown.entry(reason).or_default() += sample.value.samples;
+                *event.unknown.entry(reason).or_default() += sample.value.samples;
             }
-            profile.add(stack, sample.value);
+            let stack = Stack {
+                labels,
+                locations: locations.into(),
+            };
+            event.add(stack, sample.value);
         }
-        profiles
+        profile
     }
 
     fn resolve_user(
         &self,
         samples: &[RawSample],
         processes: &ProcessTable,
-        names: &mut Names,
+        profile: &mut Profile,
+        strings: &mut Strings,
     ) -> HashMap<(u32, u64), Resolution> {
         // Pass 1: where does each unique (process, address) point?
         let mut files: Vec<(Arc<Path>, BTreeSet<u64>)> = Vec::new();
-        // By the path to open; and by (process, mapped path), so each is looked up once.
+        // By the path to open; and by (process, mapping start), so each is looked up once.
         let mut file_index: HashMap<Arc<Path>, usize> = HashMap::new();
-        let mut file_of_mapping: HashMap<(u32, Arc<Path>), usize> = HashMap::new();
+        let mut mapping_ids: HashMap<(u32, u64), (u32, Option<usize>)> = HashMap::new();
+        let mut build_ids: HashMap<Arc<Path>, Option<Arc<str>>> = HashMap::new();
         let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::new();
         for sample in samples {
             for (depth, &ip) in sample.user.frames().iter().enumerate() {
@@ -144,36 +173,63 @@ impl Symbolizer {
                         .get(sample.tgid)
                         .filter(|_| processes.knows(sample.tgid))
                     else {
-                        return UserLocation::Unknown(UnknownReason::ProcessUnknown);
+                        return UserLocation::Unknown {
+                            reason: UnknownReason::ProcessUnknown,
+                            mapping: None,
+                        };
                     };
                     let Some(mapping) = process.mapping_of(addr) else {
-                        return UserLocation::Unknown(UnknownReason::Unmapped);
+                        return UserLocation::Unknown {
+                            reason: UnknownReason::Unmapped,
+                            mapping: None,
+                        };
                     };
-                    let path = match &mapping.backing {
-                        Backing::File(path) => path,
-                        Backing::Vdso => return UserLocation::Unknown(UnknownReason::Vdso),
-                        Backing::Anonymous => {
-                            return UserLocation::Unknown(UnknownReason::Anonymous);
-                        }
-                    };
-                    let file = *file_of_mapping
-                        .entry((sample.tgid, Arc::clone(path)))
+                    let (mapping_id, file) = *mapping_ids
+                        .entry((sample.tgid, mapping.start))
                         .or_insert_with(|| {
+                            let mut described = profile_mapping(mapping, strings);
+                            let Backing::File(path) = &mapping.backing else {
+                                return (profile.mappings.intern(described), None);
+                            };
                             let opened: Arc<Path> = Arc::from(openable_path(sample.tgid, path));
-                            *file_index.entry(Arc::clone(&opened)).or_insert_with(|| {
-                                files.push((opened, BTreeSet::new()));
-                                files.len() - 1
-                            })
+                            // Processes that predate the recording come from /proc, which
+                            // tells no build id: read it from the file.
+                            if described.build_id.is_none() {
+                                described.build_id = build_ids
+                                    .entry(Arc::clone(&opened))
+                                    .or_insert_with(|| read_build_id(&opened, strings))
+                                    .clone();
+                            }
+                            let file =
+                                *file_index.entry(Arc::clone(&opened)).or_insert_with(|| {
+                                    files.push((opened, BTreeSet::new()));
+                                    files.len() - 1
+                                });
+                            (profile.mappings.intern(described), Some(file))
                         });
-                    let offset = mapping.file_offset_of(addr);
-                    files[file].1.insert(offset);
-                    UserLocation::File { file, offset }
+                    let reason = match (&mapping.backing, file) {
+                        (_, Some(file)) => {
+                            let offset = mapping.file_offset_of(addr);
+                            files[file].1.insert(offset);
+                            return UserLocation::File {
+                                file,
+                                offset,
+                                mapping: mapping_id,
+                            };
+                        }
+                        (Backing::Vdso, _) => UnknownReason::Vdso,
+                        _ => UnknownReason::Anonymous,
+                    };
+                    UserLocation::Unknown {
+                        reason,
+                        mapping: Some(mapping_id),
+                    }
                 });
             }
         }
 
         // Pass 2: one batch per file.
-        let mut by_file: HashMap<(usize, u64), Resolution> = HashMap::new();
+        let mut by_file: HashMap<(usize, u64), Lines> = HashMap::new();
         for (file, (path, offsets)) in files.iter().enumerate() {
             let offsets: Vec<u64> = offsets.iter().copied().collect();
             let source = Source::Elf(Elf::new(path.as_ref()));
@@ -183,8 +239,8 @@ impl Symbolizer {
             {
                 Ok(symbols) => {
                     for (offset, symbol) in offsets.iter().zip(symbols) {
-                        let resolution = frames_of(symbol, "", names, UnknownReason::NoSymbol);
-                        by_file.insert((file, *offset), resolution);
+                        let lines = lines_of(symbol, strings, UnknownReason::NoSymbol);
+                        by_file.insert((file, *offset), lines);
                     }
                 }
                 Err(err) => {
@@ -198,17 +254,36 @@ impl Symbolizer {
 
         locations
             .into_iter()
-            .map(|(key, location)| {
-                let resolution = match location {
-                    UserLocation::File { file, offset } => by_file[&(file, offset)].clone(),
-                    UserLocation::Unknown(reason) => Err(reason),
+            .map(|((tgid, address), location)| {
+                let (mapping, lines) = match location {
+                    UserLocation::File {
+                        file,
+                        offset,
+                        mapping,
+                    } => (Some(mapping), by_file[&(file, offset)].clone()),
+                    UserLocation::Unknown { reason, mapping } => (mapping, Err(reason)),
                 };
-                (key, resolution)
+                let reason = lines.as_ref().err().copied();
+                let location = Location {
+                    address,
+                    mapping,
+                    lines: lines.unwrap_or_default(),
+                    kernel: false,
+                };
+                (
+                    (tgid, address),
+                    (profile.locations.intern(location), reason),
+                )
             })
             .collect()
     }
 
-    fn resolve_kernel(&self, samples: &[RawSample], names: &mut Names) -> HashMap<u64, Resolution> {
+    fn resolve_kernel(
+        &self,
+        samples: &[RawSample],
+        profile: &mut Profile,
+        strings: &mut Strings,
+    ) -> HashMap<u64, Resolution> {
         let addrs: BTreeSet<u64> = samples
             .iter()
             .flat_map(|s| {
@@ -223,26 +298,38 @@ impl Symbolizer {
         if addrs.is_empty() {
             return HashMap::new();
         }
+        let mapping = profile.mappings.intern(Mapping {
+            file: strings.get(KERNEL_MAPPING),
+            build_id: None,
+            start: addrs[0],
+            limit: u64::MAX,
+            offset: 0,
+        });
         let source = Source::Kernel(Kernel::default());
-        match self.blazesym.symbolize(&source, Input::AbsAddr(&addrs)) {
-            Ok(symbols) => addrs
-                .iter()
-                .zip(symbols)
-                .map(|(&addr, symbol)| {
-                    (
-                        addr,
-                        frames_of(symbol, KERNEL_SUFFIX, names, UnknownReason::KernelNoSymbol),
-                    )
-                })
+        let lines: Vec<Lines> = match self.blazesym.symbolize(&source, Input::AbsAddr(&addrs)) {
+            Ok(symbols) => symbols
+                .into_iter()
+                .map(|symbol| lines_of(symbol, strings, UnknownReason::KernelNoSymbol))
                 .collect(),
             Err(err) => {
                 tracing::debug!("cannot symbolize kernel addresses: {err}");
-                addrs
-                    .into_iter()
-                    .map(|a| (a, Err(UnknownReason::KernelNoSymbol)))
-                    .collect()
+                vec![Err(UnknownReason::KernelNoSymbol); addrs.len()]
             }
-        }
+        };
+        addrs
+            .into_iter()
+            .zip(lines)
+            .map(|(address, lines)| {
+                let reason = lines.as_ref().err().copied();
+                let location = Location {
+                    address,
+                    mapping: Some(mapping),
+                    lines: lines.unwrap_or_default(),
+                    kernel: true,
+                };
+                (address, (profile.locations.intern(location), reason))
+            })
+            .collect()
     }
 }
 
@@ -262,54 +349,92 @@ fn lost_stack_reason(sample: &RawSample) -> Option<UnknownReason> {
     (missing(&sample.user) && missing(&sample.kernel)).then_some(UnknownReason::NoStack)
 }
 
-fn frames_of(
-    symbol: Symbolized<'_>,
-    suffix: &str,
-    names: &mut Names,
-    unknown: UnknownReason,
-) -> Resolution {
+/// The lines of a symbolized address: the function, then the functions inlined into it,
+/// each with its own source line (blazesym reports each function's code location within
+/// that function).
+fn lines_of(symbol: Symbolized<'_>, strings: &mut Strings, unknown: UnknownReason) -> Lines {
     match symbol {
         Symbolized::Sym(sym) => {
-            let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-            frames.push(names.intern_with_suffix(&sym.name, suffix));
+            let mut lines = Vec::with_capacity(1 + sym.inlined.len());
+            lines.push(line_of(&sym.name, sym.code_info.as_deref(), strings));
             for inlined in sym.inlined.iter() {
-                frames.push(names.intern_with_suffix(&inlined.name, suffix));
+                lines.push(line_of(&inlined.name, inlined.code_info.as_ref(), strings));
             }
-            Ok(frames.into())
+            Ok(lines)
         }
         Symbolized::Unknown(_) => Err(unknown),
     }
 }
 
-fn comm_frame(tgid: u32, processes: &ProcessTable, names: &mut Names) -> Frame {
-    match processes.get(tgid).and_then(|p| p.comm.as_deref()) {
-        Some(comm) => names.intern(comm),
-        None if tgid == 0 => names.intern("swapper"),
-        None => names.intern(&format!("[pid {tgid}]")),
+fn line_of(function: &str, code: Option<&CodeInfo<'_>>, strings: &mut Strings) -> Line {
+    Line {
+        function: strings.get(function),
+        file: code.map(|code| strings.get(&code.to_path().to_string_lossy())),
+        line: code.and_then(|code| code.line).unwrap_or(0),
     }
 }
 
-/// Interns frame names, so each distinct name is allocated once.
-#[derive(Default)]
-struct Names {
-    frames: HashMap<String, Frame>,
+/// The profile's view of a process mapping.
+fn profile_mapping(mapping: &procs::Mapping, strings: &mut Strings) -> Mapping {
+    let file = match &mapping.backing {
+        Backing::File(path) => strings.get(&path.to_string_lossy()),
+        Backing::Vdso => strings.get("[vdso]"),
+        Backing::Anonymous => strings.get("[anon]"),
+    };
+    let build_id = mapping.build_id.as_ref().map(|id| hex(id, strings));
+    Mapping {
+        file,
+        build_id,
+        start: mapping.start,
+        limit: mapping.end,
+        offset: mapping.file_offset,
+    }
 }
 
-impl Names {
-    fn intern(&mut self, name: &str) -> Frame {
-        self.intern_with_suffix(name, "")
-    }
+fn hex(bytes: &[u8], strings: &mut Strings) -> Arc<str> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    strings.get(&hex)
+}
 
-    fn intern_with_suffix(&mut self, name: &str, suffix: &str) -> Frame {
-        // `;` separates frames in folded stacks; a name must not contain one.
-        let mut text = name.replace(';', ":");
-        text.push_str(suffix);
-        if let Some(frame) = self.frames.get(&text) {
-            return Arc::clone(frame);
+/// The GNU build id of an ELF file, if it has one and can be read.
+fn read_build_id(path: &Path, strings: &mut Strings) -> Option<Arc<str>> {
+    match blazesym::helper::read_elf_build_id(path) {
+        Ok(id) => id.map(|id| hex(&id, strings)),
+        Err(err) => {
+            tracing::debug!("no build id for {}: {err}", path.display());
+            None
         }
-        let frame: Frame = Arc::from(text.as_str());
-        self.frames.insert(text, Arc::clone(&frame));
-        frame
+    }
+}
+
+/// The labels of a process: its pid and name (`swapper` for the idle task).
+fn labels(tgid: u32, processes: &ProcessTable, strings: &mut Strings) -> Labels {
+    let comm = match processes.get(tgid).and_then(|p| p.comm.as_deref()) {
+        Some(comm) => Some(strings.get(comm)),
+        None if tgid == 0 => Some(strings.get("swapper")),
+        None => None,
+    };
+    Labels {
+        pid: Some(tgid),
+        comm,
+        extra: Vec::new(),
+    }
+}
+
+/// Interns strings, so each distinct name or path is allocated once.
+#[derive(Default)]
+struct Strings {
+    strings: HashMap<String, Arc<str>>,
+}
+
+impl Strings {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(interned) = self.strings.get(text) {
+            return Arc::clone(interned);
+        }
+        let interned: Arc<str> = Arc::from(text);
+        self.strings.insert(text.to_owned(), Arc::clone(&interned));
+        interned
     }
 }
 
@@ -318,16 +443,16 @@ mod tests {
     use super::*;
     use crate::bpf::KernelStats;
     use crate::procs::{ProcessEvent, snapshot};
-    use crate::profile::Value;
+    use crate::profile::{UNKNOWN_FRAME, Value};
 
     #[inline(never)]
     fn marker_function_for_symbolize_test() -> u64 {
         std::hint::black_box(42)
     }
 
-    /// An address in this test binary resolves to its function through the process table,
-    /// with the comm first; unmapped and unknown-process addresses become `[unknown]` with
-    /// their reasons counted.
+    /// An address in this test binary resolves to its function, source file and line
+    /// through the process table, in a mapping of this binary, under the process's labels;
+    /// unmapped and unknown-process addresses become `[unknown]` with their reasons counted.
     #[test]
     fn resolves_own_function_and_counts_unknowns() {
         let me = std::process::id();
@@ -354,24 +479,51 @@ mod tests {
             name: "cpu-clock".into(),
             unit: Unit::Nanoseconds,
         }];
-        let profiles = Symbolizer::new().symbolize(&drained, &processes, &events);
-        let stacks = profiles[0].sorted_stacks();
-        let named = stacks
+        let profile = Symbolizer::new().symbolize(&drained, &processes, &events);
+        let (stack, _) = profile.events[0]
+            .stacks
             .iter()
-            .find(|(frames, _)| {
-                frames
+            .find(|(stack, _)| {
+                profile
+                    .frame_names(stack, false)
                     .iter()
                     .any(|f| f.contains("marker_function_for_symbolize_test"))
             })
-            .unwrap_or_else(|| panic!("the marker function is named in {stacks:?}"));
-        assert_eq!(named.0.len(), 2, "{:?}", named.0);
-        assert_eq!(profiles[0].unknown.get(&UnknownReason::Unmapped), Some(&2));
+            .expect("the marker function is named");
+        assert_eq!(stack.locations.len(), 1);
+        let location = profile.locations.get(stack.locations[0]);
+        assert_eq!(location.address, ip);
+        let line = &location.lines[0];
+        assert!(
+            line.file
+                .as_deref()
+                .is_some_and(|f| f.ends_with("symbolize.rs")),
+            "{line:?}"
+        );
+        assert!(line.line > 0, "{line:?}");
+        let mapping = profile.mappings.get(location.mapping.expect("mapped"));
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(&*mapping.file, exe.to_str().unwrap());
+        assert!(mapping.start <= ip && ip < mapping.limit, "{mapping:?}");
+        // The snapshot from /proc has no build id; it is read from the file.
+        let own = blazesym::helper::read_elf_build_id(&exe).unwrap().unwrap();
+        let own: String = own.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(mapping.build_id.as_deref(), Some(own.as_str()));
+        let labels = profile.labels.get(stack.labels);
+        assert_eq!(labels.pid, Some(me));
+        assert!(labels.comm.is_some());
         assert_eq!(
-            profiles[0].unknown.get(&UnknownReason::ProcessUnknown),
+            profile.events[0].unknown.get(&UnknownReason::Unmapped),
             Some(&2)
         );
         assert_eq!(
-            profiles[0].total(),
+            profile.events[0]
+                .unknown
+                .get(&UnknownReason::ProcessUnknown),
+            Some(&2)
+        );
+        assert_eq!(
+            profile.events[0].total(),
             Value {
                 samples: 6,
                 period: 60
@@ -404,11 +556,11 @@ mod tests {
             name: "page-faults".into(),
             unit: Unit::Events,
         }];
-        let profiles = Symbolizer::new().symbolize(&drained, &ProcessTable::default(), &events);
-        let stacks = profiles[0].sorted_stacks();
+        let profile = Symbolizer::new().symbolize(&drained, &ProcessTable::default(), &events);
+        let (stack, _) = profile.events[0].stacks.iter().next().unwrap();
         assert_eq!(
-            stacks[0].0,
-            &[Frame::from("swapper"), Frame::from(UNKNOWN_FRAME)][..]
+            profile.frame_names(stack, false),
+            ["swapper", UNKNOWN_FRAME]
         );
     }
 }

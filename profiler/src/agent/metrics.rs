@@ -135,7 +135,7 @@ impl Metrics {
             for (reason, n) in &m.unknown {
                 out.sample(
                     "prof_agent_unknown_frame_samples_total",
-                    &[("event", event), ("reason", reason_key(*reason))],
+                    &[("event", event), ("reason", reason.key())],
                     *n as f64,
                 );
             }
@@ -269,21 +269,6 @@ impl Text {
             let _ = write!(self.0, "{{{}}}", labels.join(","));
         }
         let _ = writeln!(self.0, " {value}");
-    }
-}
-
-/// A stable name for a reason, for label values.
-fn reason_key(reason: UnknownReason) -> &'static str {
-    match reason {
-        UnknownReason::StackMapFull => "stack_map_full",
-        UnknownReason::NoStack => "no_stack",
-        UnknownReason::ProcessUnknown => "process_unknown",
-        UnknownReason::Unmapped => "unmapped",
-        UnknownReason::Anonymous => "anonymous",
-        UnknownReason::Vdso => "vdso",
-        UnknownReason::FileUnreadable => "file_unreadable",
-        UnknownReason::NoSymbol => "no_symbol",
-        UnknownReason::KernelNoSymbol => "kernel_no_symbol",
     }
 }
 

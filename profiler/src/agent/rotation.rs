@@ -116,7 +116,7 @@ mod tests {
     fn removes_oldest_over_limits() {
         assert_eq!(removals(files(&[1, 1, 1]), 2, 100), ["prof-000.pb.gz"]);
         assert_eq!(
-            removals(files(&[50, 30, 30]), 10, 60),
+            removals(files(&[50, 30, 30]), 10, 50),
             ["prof-000.pb.gz", "prof-001.pb.gz"]
         );
         assert_eq!(removals(files(&[10]), 1, 5), Vec::<String>::new());

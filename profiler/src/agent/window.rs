@@ -5,13 +5,13 @@
 //! `/debug/pprof/profile` capture), encoded as pprof by [`Span::encode_pprof`], the one place
 //! where the agent's pprof bytes are made.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use crate::export::flamegraph;
-use crate::profile::{EventProfile, Profile};
+use crate::export::{flamegraph, pprof};
+use crate::profile::{EventProfile, Labels, Location, Profile, Stack, Table};
 
 /// A symbolized profile of the span from `start` to `end`.
 #[derive(Clone, Debug)]
@@ -35,6 +35,7 @@ impl Span {
                     .iter()
                     .map(|e| EventProfile::new(e.name.clone(), e.unit))
                     .collect(),
+                start: Some(start),
                 ..Profile::default()
             },
         }
@@ -49,20 +50,52 @@ impl Span {
     pub fn absorb(&mut self, profile: &Profile, end: SystemTime) {
         merge(&mut self.profile, profile);
         self.end = self.end.max(end);
+        self.profile.start = Some(self.start);
         self.profile.duration = self.duration();
     }
 
     /// The span as a gzipped pprof file, every event in it.
     pub fn encode_pprof(&self) -> Vec<u8> {
-        interim_pprof::encode(self)
+        let mut bytes = Vec::new();
+        pprof::write(&self.profile, &mut bytes).expect("writing to memory");
+        bytes
     }
 }
 
-/// Adds `from`'s stacks, losses and counters to `into` (the same events, in the same order).
+/// Adds `from`'s stacks, losses and counters to `into` (the same events, in the same order):
+/// `from`'s mappings, locations and labels are interned into `into`'s tables.
 pub fn merge(into: &mut Profile, from: &Profile) {
+    let mappings: Vec<u32> = from
+        .mappings
+        .iter()
+        .map(|(_, mapping)| into.mappings.intern(mapping.clone()))
+        .collect();
+    let locations: Vec<u32> = from
+        .locations
+        .iter()
+        .map(|(_, location)| {
+            into.locations.intern(Location {
+                mapping: location.mapping.map(|id| mappings[id as usize]),
+                ..location.clone()
+            })
+        })
+        .collect();
+    let labels: Vec<u32> = from
+        .labels
+        .iter()
+        .map(|(_, labels)| into.labels.intern(labels.clone()))
+        .collect();
     for (into, from) in into.events.iter_mut().zip(&from.events) {
         for (stack, value) in &from.stacks {
-            into.add(stack.clone(), *value);
+            let stack = Stack {
+                labels: labels[stack.labels as usize],
+                locations: stack
+                    .locations
+                    .iter()
+                    .map(|&id| locations[id as usize])
+                    .collect(),
+            };
+            into.add(stack, *value);
         }
         into.losses.kernel_samples += from.losses.kernel_samples;
         into.losses.stack_map_full += from.losses.stack_map_full;
@@ -74,6 +107,33 @@ pub fn merge(into: &mut Profile, from: &Profile) {
     }
     into.forks_untracked += from.forks_untracked;
     into.side_band_lost += from.side_band_lost;
+}
+
+/// Replaces every label set of `profile` by `relabel(labels)` (the agent adds the
+/// executable, cgroup and container to the pid and comm the symbolizer gives).
+pub fn relabel(profile: &mut Profile, mut relabel: impl FnMut(&Labels) -> Labels) {
+    let mut table = Table::default();
+    let ids: Vec<u32> = profile
+        .labels
+        .iter()
+        .map(|(_, labels)| table.intern(relabel(labels)))
+        .collect();
+    profile.labels = table;
+    if ids.iter().enumerate().all(|(old, &new)| old as u32 == new) {
+        return;
+    }
+    for event in &mut profile.events {
+        let stacks: HashMap<Stack, _> = std::mem::take(&mut event.stacks);
+        for (stack, value) in stacks {
+            event.add(
+                Stack {
+                    labels: ids[stack.labels as usize],
+                    ..stack
+                },
+                value,
+            );
+        }
+    }
 }
 
 /// The latest windows, oldest first.
@@ -118,240 +178,97 @@ impl Recent {
     }
 }
 
-/// Writes event `event` of `spans`, added up, as an SVG flame graph; the title says how
-/// many seconds it covers.
-pub fn flamegraph(
-    spans: &[Arc<Span>],
-    event: &EventProfile,
-    out: &mut dyn Write,
-) -> io::Result<()> {
-    let mut total = EventProfile::new(event.name.clone(), event.unit);
-    let mut seconds = 0.0;
-    for span in spans {
-        seconds += span.duration().as_secs_f64();
-        if let Some(profile) = span.profile.events.iter().find(|e| e.name == event.name) {
-            let mut whole = Profile {
-                events: vec![total],
-                ..Profile::default()
-            };
-            let part = Profile {
-                events: vec![profile.clone()],
-                ..Profile::default()
-            };
-            merge(&mut whole, &part);
-            total = whole.events.pop().expect("one event");
-        }
-    }
-    let options = flamegraph::Options {
-        title: Some(format!("prof agent: {}, last {seconds:.0} s", event.name)),
+/// Writes event `event` (an index) of `spans`, added up, as an SVG flame graph; the title
+/// says how many seconds it covers.
+pub fn flamegraph(spans: &[Arc<Span>], event: usize, out: &mut dyn Write) -> io::Result<()> {
+    let Some(first) = spans.first() else {
+        return Err(io::Error::other("no window has ended yet"));
     };
-    flamegraph::write(&total, &options, out)
-}
-
-fn unix_nanos(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos()
-        .try_into()
-        .unwrap_or(i64::MAX)
-}
-
-/// pprof encoding until the profile model carries labels and locations
-/// (`prof::export::pprof`): one location per frame name, the comm as a label.
-mod interim_pprof {
-    use std::collections::HashMap;
-    use std::io::Write as _;
-
-    use flate2::Compression;
-    use flate2::write::GzEncoder;
-    use prost::Message;
-
-    use super::{Span, unix_nanos};
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Profile {
-        #[prost(message, repeated, tag = "1")]
-        pub sample_type: Vec<ValueType>,
-        #[prost(message, repeated, tag = "2")]
-        pub sample: Vec<Sample>,
-        #[prost(message, repeated, tag = "4")]
-        pub location: Vec<Location>,
-        #[prost(message, repeated, tag = "5")]
-        pub function: Vec<Function>,
-        #[prost(string, repeated, tag = "6")]
-        pub string_table: Vec<String>,
-        #[prost(int64, tag = "9")]
-        pub time_nanos: i64,
-        #[prost(int64, tag = "10")]
-        pub duration_nanos: i64,
-        #[prost(message, optional, tag = "11")]
-        pub period_type: Option<ValueType>,
-        #[prost(int64, tag = "12")]
-        pub period: i64,
+    let mut total = Span::empty(first.start, &first.profile.events);
+    for span in spans {
+        total.absorb(&span.profile, span.end);
     }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ValueType {
-        #[prost(int64, tag = "1")]
-        pub r#type: i64,
-        #[prost(int64, tag = "2")]
-        pub unit: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Sample {
-        #[prost(uint64, repeated, tag = "1")]
-        pub location_id: Vec<u64>,
-        #[prost(int64, repeated, tag = "2")]
-        pub value: Vec<i64>,
-        #[prost(message, repeated, tag = "3")]
-        pub label: Vec<Label>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Label {
-        #[prost(int64, tag = "1")]
-        pub key: i64,
-        #[prost(int64, tag = "2")]
-        pub str: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Location {
-        #[prost(uint64, tag = "1")]
-        pub id: u64,
-        #[prost(message, repeated, tag = "4")]
-        pub line: Vec<Line>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Line {
-        #[prost(uint64, tag = "1")]
-        pub function_id: u64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Function {
-        #[prost(uint64, tag = "1")]
-        pub id: u64,
-        #[prost(int64, tag = "2")]
-        pub name: i64,
-        #[prost(int64, tag = "3")]
-        pub system_name: i64,
-    }
-
-    #[derive(Default)]
-    struct Strings(Vec<String>, HashMap<String, i64>);
-
-    impl Strings {
-        fn get(&mut self, text: &str) -> i64 {
-            if let Some(&i) = self.1.get(text) {
-                return i;
-            }
-            self.0.push(text.to_owned());
-            self.1.insert(text.to_owned(), self.0.len() as i64 - 1);
-            self.0.len() as i64 - 1
-        }
-    }
-
-    pub fn encode(span: &Span) -> Vec<u8> {
-        let mut strings = Strings::default();
-        strings.get("");
-        let mut message = Profile::default();
-        let columns = span.profile.events.len() * 2;
-        for event in &span.profile.events {
-            message.sample_type.push(ValueType {
-                r#type: strings.get(&format!("{}/samples", event.name)),
-                unit: strings.get("count"),
-            });
-            message.sample_type.push(ValueType {
-                r#type: strings.get(&event.name),
-                unit: strings.get(event.unit.as_str()),
-            });
-        }
-        let mut locations: HashMap<String, u64> = HashMap::new();
-        for (index, event) in span.profile.events.iter().enumerate() {
-            for (frames, value) in &event.stacks {
-                let (comm, frames) = frames.split_first().expect("a stack has its comm");
-                let mut ids = Vec::new();
-                for frame in frames.iter().rev() {
-                    let next = locations.len() as u64 + 1;
-                    let id = *locations.entry(frame.to_string()).or_insert_with(|| {
-                        let name = strings.get(frame);
-                        message.function.push(Function {
-                            id: next,
-                            name,
-                            system_name: name,
-                        });
-                        message.location.push(Location {
-                            id: next,
-                            line: vec![Line { function_id: next }],
-                        });
-                        next
-                    });
-                    ids.push(id);
-                }
-                let mut values = vec![0; columns];
-                values[index * 2] = value.samples as i64;
-                values[index * 2 + 1] = value.period as i64;
-                message.sample.push(Sample {
-                    location_id: ids,
-                    value: values,
-                    label: vec![Label {
-                        key: strings.get("comm"),
-                        str: strings.get(comm),
-                    }],
-                });
-            }
-        }
-        message.time_nanos = unix_nanos(span.start);
-        message.duration_nanos = span.duration().as_nanos() as i64;
-        message.string_table = strings.0;
-        let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
-        gzip.write_all(&message.encode_to_vec())
-            .expect("writing to memory");
-        gzip.finish().expect("writing to memory")
-    }
+    let name = &total.profile.events[event].name;
+    let options = flamegraph::Options {
+        title: Some(format!(
+            "prof agent: {name}, {:.0} s",
+            total.duration().as_secs_f64()
+        )),
+        ..flamegraph::Options::default()
+    };
+    flamegraph::write(&total.profile, event, &options, out)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::events::Unit;
-    use crate::profile::{Frame, Value};
+    use crate::profile::Value;
 
-    fn profile(frames: &[&str], samples: u64) -> Profile {
-        let mut event = EventProfile::new("cpu-clock".into(), Unit::Nanoseconds);
-        event.add(
-            frames.iter().map(|f| Frame::from(*f)).collect(),
-            Value {
-                samples,
-                period: samples * 1000,
-            },
-        );
-        event.losses.map_full = 1;
-        Profile {
-            events: vec![event],
+    fn profile(pid: u32, frames: &[&str], samples: u64) -> Profile {
+        let mut profile = Profile {
+            events: vec![EventProfile::new("cpu-clock".into(), Unit::Nanoseconds)],
             ..Profile::default()
-        }
+        };
+        let labels = Labels {
+            pid: Some(pid),
+            comm: Some(Arc::from("app")),
+            extra: Vec::new(),
+        };
+        let value = Value {
+            samples,
+            period: samples * 1000,
+        };
+        profile.add_named(0, labels, frames, value);
+        profile.events[0].losses.map_full = 1;
+        profile
     }
 
-    /// Spans add up stacks and losses, and stretch to the last drain.
+    /// Spans add up stacks and losses across tables, and stretch to the last drain.
     #[test]
     fn absorb_adds_up() {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
-        let first = profile(&["app", "main", "hot"], 3);
+        let first = profile(7, &["main", "hot"], 3);
         let mut span = Span::empty(t0, &first.events);
         span.absorb(&first, t0 + Duration::from_secs(4));
         span.absorb(
-            &profile(&["app", "main", "hot"], 2),
+            &profile(7, &["other", "main", "hot"], 2),
+            t0 + Duration::from_secs(7),
+        );
+        span.absorb(
+            &profile(7, &["main", "hot"], 2),
             t0 + Duration::from_secs(10),
         );
         assert_eq!(span.duration(), Duration::from_secs(10));
         let event = &span.profile.events[0];
-        assert_eq!(event.total().samples, 5);
-        assert_eq!(event.losses.map_full, 2);
-        assert!(!span.encode_pprof().is_empty());
+        assert_eq!(event.total().samples, 7);
+        assert_eq!(event.stacks.len(), 2);
+        assert_eq!(event.losses.map_full, 3);
+        assert_eq!(span.profile.labels.len(), 1);
+        let decoded = pprof::decode_bytes(&span.encode_pprof()).unwrap();
+        assert_eq!(decoded.events[0].total().samples, 7);
+    }
+
+    /// Relabelling adds labels and keeps stacks apart or together as their labels say.
+    #[test]
+    fn relabel_adds_labels() {
+        let mut both = profile(7, &["main"], 1);
+        merge(&mut both, &profile(8, &["main"], 1));
+        relabel(&mut both, |labels| Labels {
+            extra: vec![(Arc::from("executable"), Arc::from("/bin/app"))],
+            ..labels.clone()
+        });
+        assert_eq!(both.labels.len(), 2);
+        assert!(both.labels.iter().all(|(_, l)| l.extra.len() == 1));
+        relabel(&mut both, |labels| Labels {
+            pid: None,
+            ..labels.clone()
+        });
+        assert_eq!(both.labels.len(), 1);
+        assert_eq!(both.events[0].stacks.len(), 1);
+        assert_eq!(both.events[0].total().samples, 2);
     }
 
     /// The latest windows that cover the asked seconds are chosen, oldest first.

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats};
 use prof::events::{self, Event};
-use prof::export::{self, OutputFile};
+use prof::export::{self, OutputFile, flamegraph};
 use prof::perf::{self, Sampling};
 use prof::procs::{self, ProcessTable, TimedEvent};
 use prof::profile::Profile;
@@ -60,6 +60,8 @@ pub struct RecordConfig {
     pub stack_storage_size: u32,
     /// `--counts-map-size`.
     pub counts_map_size: u32,
+    /// How to draw flame graphs.
+    pub flame: flamegraph::Options,
 }
 
 /// Why sampling stopped.
@@ -159,6 +161,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         "sampling started"
     );
     let started = Instant::now();
+    let started_at = SystemTime::now();
     if let Some(workload) = &mut workload {
         workload.release()?;
     }
@@ -214,14 +217,15 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         })
         .collect();
     let profile = Profile {
-        events: Symbolizer::new().symbolize(&drained, &processes, &infos),
+        start: Some(started_at),
         duration,
         forks_untracked: drained.stats.forks_untracked,
         side_band_lost: log.lost_records,
+        ..Symbolizer::new().symbolize(&drained, &processes, &infos)
     };
     tracing::debug!(elapsed = ?stage.elapsed(), "symbolized");
     let stage = Instant::now();
-    let written = write_outputs(&files, &profile)?;
+    let written = write_outputs(&files, &profile, &config.flame)?;
     tracing::debug!(files = written.len(), elapsed = ?stage.elapsed(), "outputs written");
     eprint!("{}", summary::render(&profile, &written));
     Ok(exit_code)
@@ -333,11 +337,15 @@ fn finish_workload(workload: Option<Workload>, stopped: Stop) -> Result<u8> {
 }
 
 /// Writes every output; an output that fails does not stop the others.
-fn write_outputs(files: &[OutputFile], profile: &Profile) -> Result<Vec<(usize, PathBuf)>> {
+pub fn write_outputs(
+    files: &[OutputFile],
+    profile: &Profile,
+    flame: &flamegraph::Options,
+) -> Result<Vec<(Option<usize>, PathBuf)>> {
     let mut written = Vec::new();
     let mut failures = Vec::new();
     for file in files {
-        match export::write(file, &profile.events[file.event]) {
+        match export::write(file, profile, flame) {
             Ok(()) => written.push((file.event, file.path.clone())),
             Err(err) => failures.push(format!("{:#}", anyhow::Error::new(err))),
         }

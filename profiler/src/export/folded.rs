@@ -2,69 +2,175 @@
 //! count is the estimated event count (the sum of sample periods), sorted by stack. This is
 //! the input format of inferno and Brendan Gregg's flamegraph.pl.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use crate::profile::{EventProfile, Frame};
+use thiserror::Error;
 
-/// Writes `profile` as folded stacks.
-pub fn write(profile: &EventProfile, out: &mut dyn Write) -> io::Result<()> {
-    for line in lines(profile) {
-        writeln!(out, "{line}")?;
+use crate::events::Unit;
+use crate::profile::{EventProfile, Labels, Profile, Value};
+
+/// Why text could not be read as folded stacks.
+#[derive(Debug, Error)]
+pub enum FoldedError {
+    /// A line is not `frames count`.
+    #[error("line {line}: expected `frame;frame;... count`, found `{text}`")]
+    BadLine {
+        /// 1-based line number.
+        line: usize,
+        /// The line, shortened.
+        text: String,
+    },
+    /// No stacks at all.
+    #[error("no folded stacks in it (expected lines of `frame;frame;... count`)")]
+    Empty,
+}
+
+/// Reads folded stacks into a profile of one event called `event`, counting in `unit`.
+/// Every frame becomes a location (kernel ones by their `_[k]` suffix); the first frame is
+/// kept as a frame, as there is no telling whether it names a process. Each line counts as
+/// one sample.
+pub fn read(text: &str, event: &str, unit: Unit) -> Result<Profile, FoldedError> {
+    let mut profile = Profile {
+        events: vec![EventProfile::new(event.to_owned(), unit)],
+        ..Profile::default()
+    };
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || FoldedError::BadLine {
+            line: index + 1,
+            text: line.chars().take(80).collect(),
+        };
+        let (stack, count) = line.rsplit_once(' ').ok_or_else(bad)?;
+        let count: u64 = count.parse().map_err(|_| bad())?;
+        let frames: Vec<&str> = stack.split(';').filter(|f| !f.is_empty()).collect();
+        if frames.is_empty() {
+            return Err(bad());
+        }
+        let value = Value {
+            samples: 1,
+            period: count,
+        };
+        profile.add_named(0, Labels::default(), &frames, value);
+    }
+    if profile.events[0].stacks.is_empty() {
+        return Err(FoldedError::Empty);
+    }
+    Ok(profile)
+}
+
+/// Writes event `event` of `profile` as folded stacks.
+pub fn write(
+    profile: &Profile,
+    event: usize,
+    per_pid: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    for (stack, count) in stacks(profile, event, per_pid) {
+        writeln!(out, "{stack} {count}")?;
     }
     Ok(())
 }
 
-/// The folded lines of `profile`, sorted by stack.
-pub fn lines(profile: &EventProfile) -> Vec<String> {
-    profile
-        .sorted_stacks()
+/// The folded lines of event `event`, sorted by stack.
+pub fn lines(profile: &Profile, event: usize, per_pid: bool) -> Vec<String> {
+    stacks(profile, event, per_pid)
         .into_iter()
-        .filter(|(_, value)| value.period > 0)
-        .map(|(frames, value)| format!("{} {}", join(frames), value.period))
+        .map(|(stack, count)| format!("{stack} {count}"))
         .collect()
 }
 
-fn join(frames: &[Frame]) -> String {
-    let mut line = String::new();
-    for (i, frame) in frames.iter().enumerate() {
-        if i > 0 {
-            line.push(';');
+/// Event `event`'s stacks as `;`-joined frame names with their estimated counts, sorted by
+/// stack. Stacks whose names are equal (e.g. two processes with one name) are merged, and
+/// stacks with a count of 0 are left out.
+pub fn stacks(profile: &Profile, event: usize, per_pid: bool) -> BTreeMap<String, u64> {
+    // Each location's names, joined once.
+    let mut joined: Vec<Option<String>> = vec![None; profile.locations.len()];
+    let mut roots: Vec<Option<Option<String>>> = vec![None; profile.labels.len()];
+    let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+    for (stack, value) in &profile.events[event].stacks {
+        if value.period == 0 {
+            continue;
         }
-        line.push_str(frame);
+        let mut line = String::new();
+        let root = roots[stack.labels as usize]
+            .get_or_insert_with(|| profile.labels.get(stack.labels).root_frame(per_pid));
+        if let Some(root) = root {
+            line.push_str(root);
+        }
+        for &location in stack.locations.iter() {
+            let names = joined[location as usize]
+                .get_or_insert_with(|| profile.locations.get(location).frame_names().join(";"));
+            if !line.is_empty() {
+                line.push(';');
+            }
+            line.push_str(names);
+        }
+        *merged.entry(line).or_default() += value.period;
     }
-    line
+    merged
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Unit;
-    use crate::profile::Value;
 
-    /// Lines are `frames count`, count being the period sum, in a stable order.
+    /// Lines are `frames count`, count being the period sum, in a stable order; the comm
+    /// is the root, with the pid when asked; equal stacks of two processes merge.
     #[test]
     fn folded_lines() {
-        let mut profile = EventProfile::new("cpu-clock".into(), Unit::Nanoseconds);
-        let stack = |frames: &[&str]| frames.iter().map(|f| Frame::from(*f)).collect::<Vec<_>>();
-        profile.add(
-            stack(&["app", "main", "work"]),
-            Value {
-                samples: 2,
-                period: 2_000_000,
-            },
-        );
-        profile.add(
-            stack(&["app", "main", "read", "ksys_read_[k]"]),
-            Value {
-                samples: 1,
-                period: 1_000_000,
-            },
-        );
+        let mut profile = Profile {
+            events: vec![EventProfile::new("cpu-clock".into(), Unit::Nanoseconds)],
+            ..Profile::default()
+        };
+        let app = |pid| Labels {
+            pid: Some(pid),
+            comm: Some("app".into()),
+            extra: Vec::new(),
+        };
+        let value = |samples: u64| Value {
+            samples,
+            period: samples * 1_000_000,
+        };
+        profile.add_named(0, app(1), &["main", "work"], value(2));
+        profile.add_named(0, app(2), &["main", "work"], value(1));
+        profile.add_named(0, app(1), &["main", "read", "ksys_read_[k]"], value(1));
         let mut out = Vec::new();
-        write(&profile, &mut out).unwrap();
+        write(&profile, 0, false, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "app;main;read;ksys_read_[k] 1000000\napp;main;work 2000000\n"
+            "app;main;read;ksys_read_[k] 1000000\napp;main;work 3000000\n"
         );
+        assert_eq!(
+            lines(&profile, 0, true),
+            [
+                "app (1);main;read;ksys_read_[k] 1000000",
+                "app (1);main;work 2000000",
+                "app (2);main;work 1000000"
+            ]
+        );
+    }
+
+    /// What is written reads back into the same lines; malformed lines are refused with
+    /// their number.
+    #[test]
+    fn read_round_trips() {
+        let text = "app;main;read;ksys_read_[k] 1000\napp;main;work 3000\n";
+        let profile = read(text, "cpu-clock", Unit::Nanoseconds).unwrap();
+        assert_eq!(lines(&profile, 0, false).join("\n") + "\n", text);
+        assert_eq!(profile.events[0].total().samples, 2);
+        let err = read("a;b 1\nno-count\n", "x", Unit::Events).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 2: expected `frame;frame;... count`, found `no-count`"
+        );
+        assert!(matches!(
+            read("\n\n", "x", Unit::Events),
+            Err(FoldedError::Empty)
+        ));
+        assert!(read("a;b -3", "x", Unit::Events).is_err());
     }
 }

@@ -1,11 +1,14 @@
 //! Render and export: profiles → files.
 //!
-//! In: [`EventProfile`]s and the `-o` paths. Out: files, each written atomically (a temporary
+//! In: a [`Profile`] and the `-o` paths. Out: files, each written atomically (a temporary
 //! file in the same folder, renamed into place), so a reader never sees half a profile and a
 //! failed run leaves no partial output behind.
 
+pub mod diff;
 pub mod flamegraph;
 pub mod folded;
+pub mod pprof;
+pub mod ratio;
 
 use std::fs::{self, Permissions};
 use std::io::{self, BufWriter, Write};
@@ -14,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::profile::EventProfile;
+use crate::profile::Profile;
 
 /// An output file format, chosen by the file's extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,21 +26,39 @@ pub enum Format {
     Svg,
     /// Collapsed stacks, one `frame;frame;frame count` line each (`.folded`).
     Folded,
+    /// A gzipped pprof profile holding every event (`.pb.gz`, `.pprof`).
+    Pprof,
 }
 
 impl Format {
     /// The extensions prof knows, with their formats.
-    pub const EXTENSIONS: &'static [(&'static str, Format)] =
-        &[("svg", Format::Svg), ("folded", Format::Folded)];
+    pub const EXTENSIONS: &'static [(&'static str, Format)] = &[
+        ("svg", Format::Svg),
+        ("folded", Format::Folded),
+        ("pb.gz", Format::Pprof),
+        ("pprof", Format::Pprof),
+    ];
 
-    /// The format for `path`, from its extension.
+    /// The format for `path`, from its extension, and the extension.
     pub fn from_path(path: &Path) -> Result<(Format, &'static str), ExportError> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         Format::EXTENSIONS
             .iter()
-            .find(|(known, _)| known.eq_ignore_ascii_case(ext))
+            .find(|(known, _)| {
+                name.strip_suffix(known)
+                    .is_some_and(|stem| stem.len() > 1 && stem.ends_with('.'))
+            })
             .map(|&(known, format)| (format, known))
             .ok_or_else(|| ExportError::UnknownFormat(path.to_path_buf()))
+    }
+
+    /// Whether one file holds every event.
+    pub fn holds_all_events(self) -> bool {
+        self == Format::Pprof
     }
 }
 
@@ -45,7 +66,7 @@ impl Format {
 #[derive(Debug, Error)]
 pub enum ExportError {
     /// The extension names no format.
-    #[error("cannot tell the format of `{}`: use a .svg (flame graph) or .folded (collapsed stacks) file name", .0.display())]
+    #[error("cannot tell the format of `{}`: use a .svg (flame graph), .folded (collapsed stacks) or .pb.gz (pprof) file name", .0.display())]
     UnknownFormat(PathBuf),
     /// The folder does not exist.
     #[error("output folder `{}` does not exist; create it or choose another -o path", .0.display())]
@@ -74,6 +95,74 @@ pub enum ExportError {
     },
 }
 
+/// Why a saved profile could not be read.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// The file cannot be opened or read.
+    #[error("cannot read `{}`", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// It is not a pprof profile.
+    #[error("cannot read `{}` as pprof", path.display())]
+    Pprof {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: pprof::PprofError,
+    },
+    /// It is not folded stacks.
+    #[error("cannot read `{}` as folded stacks", path.display())]
+    Folded {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: folded::FoldedError,
+    },
+    /// prof cannot render this file.
+    #[error("`{}` is a flame graph, not a profile; give prof report a .pb.gz/.pprof or .folded file", .0.display())]
+    NotAProfile(PathBuf),
+}
+
+/// Reads a saved profile: folded stacks for `.folded` (one event, named after the part of
+/// the file name before `.folded`, e.g. `cpu-clock` for `prof.cpu-clock.folded`), pprof
+/// (gzipped or not) for anything else.
+pub fn read_profile(path: &Path) -> Result<Profile, ReadError> {
+    let format = Format::from_path(path).ok().map(|(format, _)| format);
+    if format == Some(Format::Svg) {
+        return Err(ReadError::NotAProfile(path.to_path_buf()));
+    }
+    let bytes = fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if format == Some(Format::Folded) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let stem = name[..name.len() - ".folded".len()].trim_end_matches('.');
+        let event = stem
+            .rsplit('.')
+            .next()
+            .filter(|e| !e.is_empty())
+            .unwrap_or("samples");
+        let unit = match event {
+            "cpu-clock" | "task-clock" => crate::events::Unit::Nanoseconds,
+            _ => crate::events::Unit::Events,
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        return folded::read(&text, event, unit).map_err(|source| ReadError::Folded {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    pprof::decode_bytes(&bytes).map_err(|source| ReadError::Pprof {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// One file to write: its path, format, and the event whose profile goes in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputFile {
@@ -81,32 +170,42 @@ pub struct OutputFile {
     pub path: PathBuf,
     /// How.
     pub format: Format,
-    /// Index of the event.
-    pub event: usize,
+    /// Index of the event; `None` for a file that holds every event (pprof).
+    pub event: Option<usize>,
 }
 
 /// The files for `outputs` (the `-o` paths) and events named `event_parts` (file-safe event
-/// names). With one event, each path is used as given; with several, each path becomes one
-/// file per event, `<stem>.<event>.<ext>`.
+/// names). With one event, each path is used as given; with several, each flame graph or
+/// folded path becomes one file per event, `<stem>.<event>.<ext>`, while a pprof file holds
+/// them all.
 pub fn plan(outputs: &[PathBuf], event_parts: &[String]) -> Result<Vec<OutputFile>, ExportError> {
     let mut files = Vec::new();
     for path in outputs {
         let (format, ext) = Format::from_path(path)?;
+        if format.holds_all_events() {
+            files.push(OutputFile {
+                path: path.clone(),
+                format,
+                event: None,
+            });
+            continue;
+        }
         if event_parts.len() == 1 {
             files.push(OutputFile {
                 path: path.clone(),
                 format,
-                event: 0,
+                event: Some(0),
             });
             continue;
         }
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("prof");
+        let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("prof");
+        let stem = &name[..name.len().saturating_sub(ext.len() + 1)];
         for (event, part) in event_parts.iter().enumerate() {
             let path = path.with_file_name(format!("{stem}.{part}.{ext}"));
             files.push(OutputFile {
                 path,
                 format,
-                event,
+                event: Some(event),
             });
         }
     }
@@ -170,11 +269,19 @@ pub fn write_atomic(
     Ok(())
 }
 
-/// Writes `profile` to `file` in its format.
-pub fn write(file: &OutputFile, profile: &EventProfile) -> Result<(), ExportError> {
-    write_atomic(&file.path, |w| match file.format {
-        Format::Svg => flamegraph::write(profile, &flamegraph::Options::default(), w),
-        Format::Folded => folded::write(profile, w),
+/// Writes `profile` to `file` in its format; flame graphs are drawn with `options`.
+pub fn write(
+    file: &OutputFile,
+    profile: &Profile,
+    options: &flamegraph::Options,
+) -> Result<(), ExportError> {
+    write_atomic(&file.path, |w| match (file.format, file.event) {
+        (Format::Pprof, _) => pprof::write(profile, w),
+        (Format::Svg, Some(event)) => flamegraph::write(profile, event, options, w),
+        (Format::Folded, Some(event)) => folded::write(profile, event, options.per_pid, w),
+        (_, None) => Err(io::Error::other(
+            "a flame graph or folded file needs an event",
+        )),
     })
 }
 
@@ -191,12 +298,16 @@ mod tests {
             vec![OutputFile {
                 path: "out/prof.svg".into(),
                 format: Format::Svg,
-                event: 0
+                event: Some(0)
             }]
         );
         let events = ["cpu-clock".to_owned(), "page-faults".to_owned()];
         let two = plan(
-            &[PathBuf::from("out.folded"), PathBuf::from("x/y.svg")],
+            &[
+                PathBuf::from("out.folded"),
+                PathBuf::from("x/y.svg"),
+                PathBuf::from("all.pb.gz"),
+            ],
             &events,
         )
         .unwrap();
@@ -208,9 +319,17 @@ mod tests {
                 Path::new("out.page-faults.folded"),
                 Path::new("x/y.cpu-clock.svg"),
                 Path::new("x/y.page-faults.svg"),
+                Path::new("all.pb.gz"),
             ]
         );
-        assert_eq!(two[1].event, 1);
+        assert_eq!(two[1].event, Some(1));
+        assert_eq!(two[4].event, None);
+        assert_eq!(
+            Format::from_path(Path::new("x.PPROF")).unwrap().0,
+            Format::Pprof
+        );
+        assert!(Format::from_path(Path::new(".pprof")).is_err());
+        assert!(Format::from_path(Path::new("gz")).is_err());
         assert!(matches!(
             plan(&[PathBuf::from("a.png")], &events),
             Err(ExportError::UnknownFormat(_))

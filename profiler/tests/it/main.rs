@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod record;
+mod report;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ fn stop(mut child: Child) {
 
 /// Runs `prof record -e <events> <flags> -o <output>... [-- <command>]` to completion and
 /// asserts that it succeeded.
-fn record_ok(events: &str, outputs: &[&Path], flags: &[&str], command: &[OsString]) -> Output {
+pub fn record_ok(events: &str, outputs: &[&Path], flags: &[&str], command: &[OsString]) -> Output {
     let mut prof = prof();
     prof.args(["record", "-e", events]).args(flags);
     for output in outputs {

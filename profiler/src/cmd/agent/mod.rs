@@ -25,13 +25,13 @@ use prof::agent::labels::LabelCache;
 use prof::agent::metrics::Metrics;
 use prof::agent::queue::DropOldest;
 use prof::agent::rotation::Rotation;
-use prof::agent::window::{Recent, Span};
+use prof::agent::window::{self, Recent, Span};
 use prof::bpf::{BpfConfig, BpfProfiler, KernelStats};
 use prof::drain::{self, Drained};
 use prof::events::{self, Event};
 use prof::perf::{self, Sampling};
 use prof::procs::{self, ProcessTable, TimedEvent};
-use prof::profile::{EventProfile, Profile};
+use prof::profile::{EventProfile, Labels, Profile};
 use prof::sideband::{POLL_INTERVAL, SideBandReader};
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::{cpus, privilege};
@@ -361,13 +361,34 @@ impl Sampler {
         Ok((profile, symbolize_time))
     }
 
+    /// Symbolizes a drain and labels each process with its executable, cgroup and
+    /// container.
     fn symbolize(&mut self, drained: &Drained) -> Profile {
-        Profile {
-            events: self
-                .symbolizer
-                .symbolize(drained, &self.processes, &self.infos),
-            ..Profile::default()
-        }
+        let mut profile = self
+            .symbolizer
+            .symbolize(drained, &self.processes, &self.infos);
+        let (labels, processes) = (&mut self.labels, &self.processes);
+        window::relabel(&mut profile, |labels_of| {
+            let Some(pid) = labels_of.pid.filter(|&pid| pid != 0) else {
+                return labels_of.clone();
+            };
+            let found = labels.get(pid, labels_of.comm.as_ref(), processes.get(pid));
+            let mut extra = labels_of.extra.clone();
+            for (key, value) in [
+                ("executable", found.executable),
+                ("cgroup", found.cgroup),
+                ("container", found.container),
+            ] {
+                if let Some(value) = value {
+                    extra.push((Arc::from(key), value));
+                }
+            }
+            Labels {
+                extra,
+                ..labels_of.clone()
+            }
+        });
+        profile
     }
 
     /// Forgets the processes that had already exited at the previous drain, and every so

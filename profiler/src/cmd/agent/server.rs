@@ -5,14 +5,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow};
 use tiny_http::{Header, Method, Response, Server};
 
 use prof::agent::http::{self, Route};
 use prof::agent::metrics;
-use prof::agent::window;
+use prof::agent::window::{self, Span};
 
 use super::{Request, Shared, ask};
 
@@ -97,8 +97,8 @@ fn flamegraph(
     event: Option<String>,
 ) -> Response<std::io::Cursor<Vec<u8>>> {
     let chosen = match &event {
-        None => shared.events.first(),
-        Some(name) => shared.events.iter().find(|e| e.name == *name),
+        None => Some(0),
+        Some(name) => shared.events.iter().position(|e| e.name == *name),
     };
     let Some(chosen) = chosen else {
         let names: Vec<&str> = shared.events.iter().map(|e| e.name.as_str()).collect();
@@ -111,7 +111,11 @@ fn flamegraph(
             ),
         );
     };
-    let spans = shared.recent().covering(seconds);
+    let mut spans = shared.recent().covering(seconds);
+    if spans.is_empty() {
+        // No window has ended yet: an empty graph that says so.
+        spans.push(Arc::new(Span::empty(SystemTime::now(), &shared.events)));
+    }
     let mut svg = Vec::new();
     match window::flamegraph(&spans, chosen, &mut svg) {
         Ok(()) => Response::from_data(svg).with_header(header("Content-Type", "image/svg+xml")),

@@ -1,0 +1,901 @@
+//! pprof: the profile exchange format of Go, Pyroscope, Parca, Grafana and speedscope.
+//!
+//! [`write`] encodes a whole [`Profile`] (every event) as one gzipped `perftools.profiles`
+//! message; [`read`] decodes files written by prof or by other programs. The messages
+//! are declared in [`proto`] with prost's derive, field numbers following
+//! `profile.proto`; prost does the encoding.
+//!
+//! Each event has two sample types: `<event>/samples` (count) and `<event>` (the
+//! estimated count, in nanoseconds or events), so `go tool pprof -sample_index=cpu-clock`
+//! shows time and `-sample_index=cpu-clock/samples` the samples. Samples carry `pid` and
+//! `comm` labels; the losses go into the comments, one parseable line per event.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use prost::Message;
+use thiserror::Error;
+
+use crate::events::Unit;
+use crate::profile::{
+    EventProfile, KERNEL_MAPPING, Labels, Line, Location, Mapping, Profile, Stack, UnknownReason,
+    Value,
+};
+
+/// The `perftools.profiles` messages, as declared in pprof's `profile.proto`.
+#[allow(missing_docs)]
+pub mod proto {
+    /// A whole profile.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Profile {
+        #[prost(message, repeated, tag = "1")]
+        pub sample_type: Vec<ValueType>,
+        #[prost(message, repeated, tag = "2")]
+        pub sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "3")]
+        pub mapping: Vec<Mapping>,
+        #[prost(message, repeated, tag = "4")]
+        pub location: Vec<Location>,
+        #[prost(message, repeated, tag = "5")]
+        pub function: Vec<Function>,
+        #[prost(string, repeated, tag = "6")]
+        pub string_table: Vec<String>,
+        #[prost(int64, tag = "7")]
+        pub drop_frames: i64,
+        #[prost(int64, tag = "8")]
+        pub keep_frames: i64,
+        #[prost(int64, tag = "9")]
+        pub time_nanos: i64,
+        #[prost(int64, tag = "10")]
+        pub duration_nanos: i64,
+        #[prost(message, optional, tag = "11")]
+        pub period_type: Option<ValueType>,
+        #[prost(int64, tag = "12")]
+        pub period: i64,
+        #[prost(int64, repeated, tag = "13")]
+        pub comment: Vec<i64>,
+        #[prost(int64, tag = "14")]
+        pub default_sample_type: i64,
+    }
+
+    /// A sample type: both fields index the string table.
+    #[derive(Clone, Copy, PartialEq, prost::Message)]
+    pub struct ValueType {
+        #[prost(int64, tag = "1")]
+        pub r#type: i64,
+        #[prost(int64, tag = "2")]
+        pub unit: i64,
+    }
+
+    /// A stack (leaf first) with one value per sample type.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(uint64, repeated, tag = "1")]
+        pub location_id: Vec<u64>,
+        #[prost(int64, repeated, tag = "2")]
+        pub value: Vec<i64>,
+        #[prost(message, repeated, tag = "3")]
+        pub label: Vec<Label>,
+    }
+
+    /// A string (`str`) or numeric (`num`) label.
+    #[derive(Clone, Copy, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(int64, tag = "1")]
+        pub key: i64,
+        #[prost(int64, tag = "2")]
+        pub str: i64,
+        #[prost(int64, tag = "3")]
+        pub num: i64,
+        #[prost(int64, tag = "4")]
+        pub num_unit: i64,
+    }
+
+    /// A mapped binary.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Mapping {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(uint64, tag = "2")]
+        pub memory_start: u64,
+        #[prost(uint64, tag = "3")]
+        pub memory_limit: u64,
+        #[prost(uint64, tag = "4")]
+        pub file_offset: u64,
+        #[prost(int64, tag = "5")]
+        pub filename: i64,
+        #[prost(int64, tag = "6")]
+        pub build_id: i64,
+        #[prost(bool, tag = "7")]
+        pub has_functions: bool,
+        #[prost(bool, tag = "8")]
+        pub has_filenames: bool,
+        #[prost(bool, tag = "9")]
+        pub has_line_numbers: bool,
+        #[prost(bool, tag = "10")]
+        pub has_inline_frames: bool,
+    }
+
+    /// An address and its lines, innermost (inlined) first.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Location {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(uint64, tag = "2")]
+        pub mapping_id: u64,
+        #[prost(uint64, tag = "3")]
+        pub address: u64,
+        #[prost(message, repeated, tag = "4")]
+        pub line: Vec<Line>,
+        #[prost(bool, tag = "5")]
+        pub is_folded: bool,
+    }
+
+    /// A function and a line in it.
+    #[derive(Clone, Copy, PartialEq, prost::Message)]
+    pub struct Line {
+        #[prost(uint64, tag = "1")]
+        pub function_id: u64,
+        #[prost(int64, tag = "2")]
+        pub line: i64,
+        #[prost(int64, tag = "3")]
+        pub column: i64,
+    }
+
+    /// A function.
+    #[derive(Clone, Copy, PartialEq, prost::Message)]
+    pub struct Function {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(int64, tag = "2")]
+        pub name: i64,
+        #[prost(int64, tag = "3")]
+        pub system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub filename: i64,
+        #[prost(int64, tag = "5")]
+        pub start_line: i64,
+    }
+}
+
+/// Why a file could not be read as pprof.
+#[derive(Debug, Error)]
+pub enum PprofError {
+    /// Reading failed.
+    #[error("cannot read the profile")]
+    Io(#[from] io::Error),
+    /// Nothing in it.
+    #[error("the file is empty")]
+    Empty,
+    /// gzip said no.
+    #[error("it starts as gzip but does not decompress (truncated or corrupt?)")]
+    Gzip(#[source] io::Error),
+    /// protobuf said no.
+    #[error("not a pprof profile (truncated, or another format?)")]
+    Decode(#[from] prost::DecodeError),
+    /// It decodes, but refers to things that are not there.
+    #[error("invalid pprof profile: {0}")]
+    Invalid(String),
+}
+
+/// Gzip-compressed pprof files start with these bytes.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Writes `profile` as a gzipped pprof file.
+pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
+    let mut gzip = GzEncoder::new(out, Compression::default());
+    gzip.write_all(&encode(profile).encode_to_vec())?;
+    gzip.finish()?;
+    Ok(())
+}
+
+/// Reads a pprof file, gzipped or not.
+pub fn read(input: &mut dyn Read) -> Result<Profile, PprofError> {
+    let mut bytes = Vec::new();
+    input.read_to_end(&mut bytes)?;
+    decode_bytes(&bytes)
+}
+
+/// Decodes pprof bytes, gzipped or not.
+pub fn decode_bytes(bytes: &[u8]) -> Result<Profile, PprofError> {
+    if bytes.is_empty() {
+        return Err(PprofError::Empty);
+    }
+    let message = if bytes.starts_with(&GZIP_MAGIC) {
+        let mut raw = Vec::new();
+        GzDecoder::new(bytes)
+            .read_to_end(&mut raw)
+            .map_err(PprofError::Gzip)?;
+        proto::Profile::decode(raw.as_slice())?
+    } else {
+        proto::Profile::decode(bytes)?
+    };
+    decode(&message)
+}
+
+/// Strings of the table being built, by index.
+#[derive(Default)]
+struct StringTable {
+    strings: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl StringTable {
+    fn new() -> StringTable {
+        let mut table = StringTable::default();
+        table.get("");
+        table
+    }
+
+    fn get(&mut self, text: &str) -> i64 {
+        if let Some(&index) = self.index.get(text) {
+            return index;
+        }
+        let index = self.strings.len() as i64;
+        self.strings.push(text.to_owned());
+        self.index.insert(text.to_owned(), index);
+        index
+    }
+}
+
+/// The comment line that carries an event's losses.
+fn losses_comment(event: &EventProfile) -> String {
+    let losses = &event.losses;
+    let mut text = format!(
+        "prof losses {}: kernel_samples={} stack_map_full={} no_stack={} map_full={}",
+        event.name, losses.kernel_samples, losses.stack_map_full, losses.no_stack, losses.map_full
+    );
+    for (reason, samples) in &event.unknown {
+        text.push_str(&format!(" unknown.{}={samples}", reason.key()));
+    }
+    text
+}
+
+/// Reads back a [`losses_comment`] into the event it names.
+fn apply_losses_comment(comment: &str, events: &mut [EventProfile]) -> bool {
+    let Some(rest) = comment.strip_prefix("prof losses ") else {
+        return false;
+    };
+    let Some((name, fields)) = rest.rsplit_once(": ") else {
+        return false;
+    };
+    let Some(event) = events.iter_mut().find(|e| e.name == name) else {
+        return false;
+    };
+    for field in fields.split(' ') {
+        let Some((key, value)) = field.split_once('=') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            continue;
+        };
+        match key {
+            "kernel_samples" => event.losses.kernel_samples = value,
+            "stack_map_full" => event.losses.stack_map_full = value,
+            "no_stack" => event.losses.no_stack = value,
+            "map_full" => event.losses.map_full = value,
+            _ => {
+                if let Some(reason) = key
+                    .strip_prefix("unknown.")
+                    .and_then(UnknownReason::from_key)
+                {
+                    event.unknown.insert(reason, value);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Builds the pprof message for `profile`.
+pub fn encode(profile: &Profile) -> proto::Profile {
+    let mut strings = StringTable::new();
+    let mut message = proto::Profile::default();
+    for event in &profile.events {
+        message.sample_type.push(proto::ValueType {
+            r#type: strings.get(&format!("{}/samples", event.name)),
+            unit: strings.get("count"),
+        });
+        message.sample_type.push(proto::ValueType {
+            r#type: strings.get(&event.name),
+            unit: strings.get(event.unit.as_str()),
+        });
+    }
+
+    // Mappings; kernel locations without one (from folded input) share a synthetic one.
+    let mut mapping_has_lines = vec![false; profile.mappings.len()];
+    for (_, location) in profile.locations.iter() {
+        if let Some(mapping) = location.mapping
+            && !location.lines.is_empty()
+        {
+            mapping_has_lines[mapping as usize] = true;
+        }
+    }
+    for (id, mapping) in profile.mappings.iter() {
+        let has_lines = mapping_has_lines[id as usize];
+        message.mapping.push(proto::Mapping {
+            id: u64::from(id) + 1,
+            memory_start: mapping.start,
+            memory_limit: mapping.limit,
+            file_offset: mapping.offset,
+            filename: strings.get(&mapping.file),
+            build_id: mapping.build_id.as_deref().map_or(0, |id| strings.get(id)),
+            has_functions: has_lines,
+            has_filenames: has_lines,
+            has_line_numbers: has_lines,
+            has_inline_frames: has_lines,
+        });
+    }
+    let mut kernel_mapping = None;
+
+    let mut functions: HashMap<(&str, Option<&str>), u64> = HashMap::new();
+    for (id, location) in profile.locations.iter() {
+        let mapping_id = match location.mapping {
+            Some(mapping) => u64::from(mapping) + 1,
+            None if location.kernel => *kernel_mapping.get_or_insert_with(|| {
+                let id = message.mapping.len() as u64 + 1;
+                message.mapping.push(proto::Mapping {
+                    id,
+                    filename: strings.get(KERNEL_MAPPING),
+                    memory_limit: u64::MAX,
+                    has_functions: true,
+                    ..proto::Mapping::default()
+                });
+                id
+            }),
+            None => 0,
+        };
+        let lines = location
+            .lines
+            .iter()
+            .rev()
+            .map(|line| {
+                let key = (&*line.function, line.file.as_deref());
+                let next = functions.len() as u64 + 1;
+                let function_id = *functions.entry(key).or_insert_with(|| {
+                    let name = strings.get(&line.function);
+                    message.function.push(proto::Function {
+                        id: next,
+                        name,
+                        system_name: name,
+                        filename: line.file.as_deref().map_or(0, |f| strings.get(f)),
+                        start_line: 0,
+                    });
+                    next
+                });
+                proto::Line {
+                    function_id,
+                    line: i64::from(line.line),
+                    column: 0,
+                }
+            })
+            .collect();
+        message.location.push(proto::Location {
+            id: u64::from(id) + 1,
+            mapping_id,
+            address: location.address,
+            line: lines,
+            is_folded: false,
+        });
+    }
+
+    // One pprof sample per stack, with the values of every event.
+    let types = message.sample_type.len();
+    let mut samples: HashMap<&Stack, Vec<i64>> = HashMap::new();
+    for (index, event) in profile.events.iter().enumerate() {
+        for (stack, value) in &event.stacks {
+            let values = samples.entry(stack).or_insert_with(|| vec![0; types]);
+            values[2 * index] += saturate(value.samples);
+            values[2 * index + 1] += saturate(value.period);
+        }
+    }
+    let mut samples: Vec<(&Stack, Vec<i64>)> = samples.into_iter().collect();
+    samples.sort_by(|a, b| (a.0.labels, &a.0.locations).cmp(&(b.0.labels, &b.0.locations)));
+    let pid_key = strings.get("pid");
+    let comm_key = strings.get("comm");
+    let mut label_cache: HashMap<u32, Vec<proto::Label>> = HashMap::new();
+    for (stack, value) in samples {
+        let label = label_cache
+            .entry(stack.labels)
+            .or_insert_with(|| {
+                let labels = profile.labels.get(stack.labels);
+                let mut out = Vec::new();
+                if let Some(pid) = labels.pid {
+                    out.push(proto::Label {
+                        key: pid_key,
+                        num: i64::from(pid),
+                        ..proto::Label::default()
+                    });
+                }
+                if let Some(comm) = &labels.comm {
+                    out.push(proto::Label {
+                        key: comm_key,
+                        str: strings.get(comm),
+                        ..proto::Label::default()
+                    });
+                }
+                for (key, value) in &labels.extra {
+                    out.push(proto::Label {
+                        key: strings.get(key),
+                        str: strings.get(value),
+                        ..proto::Label::default()
+                    });
+                }
+                out
+            })
+            .clone();
+        message.sample.push(proto::Sample {
+            location_id: stack
+                .locations
+                .iter()
+                .rev()
+                .map(|&id| u64::from(id) + 1)
+                .collect(),
+            value,
+            label,
+        });
+    }
+
+    if let Some(first) = profile.events.first() {
+        let total = first.total();
+        message.period_type = Some(proto::ValueType {
+            r#type: strings.get(&first.name),
+            unit: strings.get(first.unit.as_str()),
+        });
+        message.period = saturate(total.period / total.samples.max(1));
+        message.default_sample_type = strings.get(&first.name);
+    }
+    message.time_nanos = profile
+        .start
+        .and_then(|start| start.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |since| saturate(since.as_nanos() as u64));
+    message.duration_nanos = saturate(profile.duration.as_nanos() as u64);
+    let mut comments: Vec<String> = profile.comments.clone();
+    comments.extend(profile.events.iter().map(losses_comment));
+    if profile.forks_untracked > 0 {
+        comments.push(format!("prof forks_untracked={}", profile.forks_untracked));
+    }
+    if profile.side_band_lost > 0 {
+        comments.push(format!("prof side_band_lost={}", profile.side_band_lost));
+    }
+    message.comment = comments.iter().map(|c| strings.get(c)).collect();
+    message.string_table = strings.strings;
+    message
+}
+
+fn saturate(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reads a decoded message into a [`Profile`], checking every reference.
+pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
+    let strings = &message.string_table;
+    let string = |index: i64, what: &str| -> Result<&str, PprofError> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| strings.get(i))
+            .map(String::as_str)
+            .ok_or_else(|| {
+                PprofError::Invalid(format!(
+                    "{what} refers to string {index}, but the string table has {}",
+                    strings.len()
+                ))
+            })
+    };
+    if message.sample_type.is_empty() {
+        return Err(PprofError::Invalid("it declares no sample types".into()));
+    }
+    if strings.first().is_some_and(|s| !s.is_empty()) {
+        return Err(PprofError::Invalid("string 0 must be empty".into()));
+    }
+
+    // Sample types → events: `X/samples` pairs with `X`; a lone `samples` type gives the
+    // sample counts of every other type (Go's CPU profiles); other types stand alone.
+    let mut types = Vec::with_capacity(message.sample_type.len());
+    for value_type in &message.sample_type {
+        types.push((
+            string(value_type.r#type, "a sample type")?,
+            string(value_type.unit, "a sample type's unit")?,
+        ));
+    }
+    let samples_of = |name: &str| {
+        let wanted = format!("{name}/samples");
+        types.iter().position(|(t, _)| *t == wanted)
+    };
+    let plain_samples = types
+        .iter()
+        .position(|(t, u)| *t == "samples" && *u == "count")
+        .filter(|_| types.len() > 1);
+    let mut events = Vec::new();
+    let mut columns: Vec<(usize, Option<usize>)> = Vec::new();
+    for (index, (name, unit)) in types.iter().enumerate() {
+        if Some(index) == plain_samples || name.ends_with("/samples") && *unit == "count" {
+            let base = name.strip_suffix("/samples").unwrap_or(name);
+            if types.iter().any(|(t, _)| t == &base) || Some(index) == plain_samples {
+                continue;
+            }
+        }
+        columns.push((index, samples_of(name).or(plain_samples)));
+        events.push(EventProfile::new((*name).to_owned(), Unit::from_name(unit)));
+    }
+
+    let mut profile = Profile {
+        events,
+        ..Profile::default()
+    };
+    let mut mapping_ids: HashMap<u64, u32> = HashMap::new();
+    let mut kernel_mappings: Vec<u64> = Vec::new();
+    for mapping in &message.mapping {
+        let file = string(mapping.filename, "a mapping's file name")?;
+        let build_id = string(mapping.build_id, "a mapping's build id")?;
+        if file == KERNEL_MAPPING {
+            kernel_mappings.push(mapping.id);
+        }
+        let id = profile.mappings.intern(Mapping {
+            file: Arc::from(file),
+            build_id: (!build_id.is_empty()).then(|| Arc::from(build_id)),
+            start: mapping.memory_start,
+            limit: mapping.memory_limit,
+            offset: mapping.file_offset,
+        });
+        if mapping.id == 0 || mapping_ids.insert(mapping.id, id).is_some() {
+            return Err(PprofError::Invalid(format!(
+                "mapping id {} is zero or used twice",
+                mapping.id
+            )));
+        }
+    }
+    let mut functions: HashMap<u64, (&str, Option<&str>)> = HashMap::new();
+    for function in &message.function {
+        let name = string(function.name, "a function's name")?;
+        let name = if name.is_empty() {
+            string(function.system_name, "a function's system name")?
+        } else {
+            name
+        };
+        let file = string(function.filename, "a function's file name")?;
+        let file = (!file.is_empty()).then_some(file);
+        if function.id == 0 || functions.insert(function.id, (name, file)).is_some() {
+            return Err(PprofError::Invalid(format!(
+                "function id {} is zero or used twice",
+                function.id
+            )));
+        }
+    }
+    let mut location_ids: HashMap<u64, u32> = HashMap::new();
+    for location in &message.location {
+        let mapping = match location.mapping_id {
+            0 => None,
+            id => Some(*mapping_ids.get(&id).ok_or_else(|| {
+                PprofError::Invalid(format!(
+                    "location {} refers to mapping {id}, which does not exist",
+                    location.id
+                ))
+            })?),
+        };
+        let mut lines = Vec::with_capacity(location.line.len());
+        for line in location.line.iter().rev() {
+            let &(name, file) = functions.get(&line.function_id).ok_or_else(|| {
+                PprofError::Invalid(format!(
+                    "location {} refers to function {}, which does not exist",
+                    location.id, line.function_id
+                ))
+            })?;
+            lines.push(Line {
+                function: Arc::from(name),
+                file: file.map(Arc::from),
+                line: u32::try_from(line.line).unwrap_or(0),
+            });
+        }
+        let id = profile.locations.intern(Location {
+            address: location.address,
+            mapping,
+            lines,
+            kernel: kernel_mappings.contains(&location.mapping_id),
+        });
+        if location.id == 0 || location_ids.insert(location.id, id).is_some() {
+            return Err(PprofError::Invalid(format!(
+                "location id {} is zero or used twice",
+                location.id
+            )));
+        }
+    }
+
+    let pid_key = strings.iter().position(|s| s == "pid").map(|i| i as i64);
+    let comm_key = strings.iter().position(|s| s == "comm").map(|i| i as i64);
+    for sample in &message.sample {
+        if sample.value.len() != types.len() {
+            return Err(PprofError::Invalid(format!(
+                "a sample has {} values for {} sample types",
+                sample.value.len(),
+                types.len()
+            )));
+        }
+        let mut labels = Labels::default();
+        for label in &sample.label {
+            let key = string(label.key, "a label's key")?;
+            if Some(label.key) == pid_key && label.str == 0 {
+                labels.pid = u32::try_from(label.num).ok();
+            } else if Some(label.key) == comm_key {
+                labels.comm = Some(Arc::from(string(label.str, "a label's value")?));
+            } else if label.str != 0 {
+                let value = string(label.str, "a label's value")?;
+                labels.extra.push((Arc::from(key), Arc::from(value)));
+            } else {
+                let value = label.num.to_string();
+                labels
+                    .extra
+                    .push((Arc::from(key), Arc::from(value.as_str())));
+            }
+        }
+        let labels = profile.labels.intern(labels);
+        let mut locations = Vec::with_capacity(sample.location_id.len());
+        for id in sample.location_id.iter().rev() {
+            locations.push(*location_ids.get(id).ok_or_else(|| {
+                PprofError::Invalid(format!(
+                    "a sample refers to location {id}, which does not exist"
+                ))
+            })?);
+        }
+        let stack = Stack {
+            labels,
+            locations: locations.into(),
+        };
+        for (event, &(column, samples)) in columns.iter().enumerate() {
+            let period = sample.value[column];
+            let count = samples.map_or(period, |s| sample.value[s]);
+            if period < 0 || count < 0 {
+                return Err(PprofError::Invalid("a sample has a negative value".into()));
+            }
+            if period == 0 && count == 0 {
+                continue;
+            }
+            let value = Value {
+                samples: count as u64,
+                period: period as u64,
+            };
+            profile.events[event].add(stack.clone(), value);
+        }
+    }
+
+    profile.start = u64::try_from(message.time_nanos)
+        .ok()
+        .filter(|&t| t > 0)
+        .map(|nanos| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos));
+    profile.duration = Duration::from_nanos(u64::try_from(message.duration_nanos).unwrap_or(0));
+    for &index in &message.comment {
+        let comment = string(index, "a comment")?;
+        if apply_losses_comment(comment, &mut profile.events) {
+            continue;
+        }
+        if let Some(n) = comment.strip_prefix("prof forks_untracked=") {
+            profile.forks_untracked = n.parse().unwrap_or(0);
+        } else if let Some(n) = comment.strip_prefix("prof side_band_lost=") {
+            profile.side_band_lost = n.parse().unwrap_or(0);
+        } else {
+            profile.comments.push(comment.to_owned());
+        }
+    }
+    Ok(profile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A profile of two events that share a stack, with inlined lines, a kernel frame,
+    /// labels and losses.
+    fn sample_profile() -> Profile {
+        let mut profile = Profile {
+            events: vec![
+                EventProfile::new("cpu-clock".into(), Unit::Nanoseconds),
+                EventProfile::new("page-faults".into(), Unit::Events),
+            ],
+            start: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            duration: Duration::from_millis(2500),
+            ..Profile::default()
+        };
+        let mapping = profile.mappings.intern(Mapping {
+            file: "/usr/bin/app".into(),
+            build_id: Some("abcdef".into()),
+            start: 0x1000,
+            limit: 0x9000,
+            offset: 0,
+        });
+        let line = |f: &str, l| Line {
+            function: f.into(),
+            file: Some("app.c".into()),
+            line: l,
+        };
+        let main = profile.locations.intern(Location {
+            address: 0x1234,
+            mapping: Some(mapping),
+            lines: vec![line("main", 10), line("inlined_helper", 20)],
+            kernel: false,
+        });
+        let kernel = profile
+            .locations
+            .intern(Location::named("do_syscall_64_[k]"));
+        let labels = profile.labels.intern(Labels {
+            pid: Some(42),
+            comm: Some("app".into()),
+            extra: vec![("cgroup".into(), "/system.slice".into())],
+        });
+        let stack = Stack {
+            labels,
+            locations: vec![main, kernel].into(),
+        };
+        profile.events[0].add(
+            stack.clone(),
+            Value {
+                samples: 3,
+                period: 3_000_000,
+            },
+        );
+        profile.events[1].add(
+            stack,
+            Value {
+                samples: 1,
+                period: 7,
+            },
+        );
+        profile.events[0].losses.stack_map_full = 5;
+        profile.events[0].unknown.insert(UnknownReason::Vdso, 2);
+        profile
+    }
+
+    /// What prof writes, prof reads back: events, units, stacks, lines, mappings, labels,
+    /// times and losses.
+    #[test]
+    fn round_trip() {
+        let profile = sample_profile();
+        let mut bytes = Vec::new();
+        write(&profile, &mut bytes).unwrap();
+        assert!(bytes.starts_with(&GZIP_MAGIC));
+        let back = read(&mut bytes.as_slice()).unwrap();
+        let names: Vec<&str> = back.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["cpu-clock", "page-faults"]);
+        assert_eq!(back.events[1].unit, Unit::Events);
+        assert_eq!(back.events[0].total(), profile.events[0].total());
+        assert_eq!(back.events[1].total(), profile.events[1].total());
+        let (stack, _) = back.events[0].stacks.iter().next().unwrap();
+        assert_eq!(
+            back.frame_names(stack, true),
+            ["app (42)", "main", "inlined_helper", "do_syscall_64_[k]"]
+        );
+        let main = back.locations.get(stack.locations[0]);
+        assert_eq!(main.lines[1].line, 20);
+        assert_eq!(main.lines[1].file.as_deref(), Some("app.c"));
+        let mapping = back.mappings.get(main.mapping.unwrap());
+        assert_eq!(mapping.build_id.as_deref(), Some("abcdef"));
+        assert!(back.locations.get(stack.locations[1]).kernel);
+        let labels = back.labels.get(stack.labels);
+        assert_eq!(labels.extra, [("cgroup".into(), "/system.slice".into())]);
+        assert_eq!(back.start, profile.start);
+        assert_eq!(back.duration, profile.duration);
+        assert_eq!(back.events[0].losses.stack_map_full, 5);
+        assert_eq!(back.events[0].unknown.get(&UnknownReason::Vdso), Some(&2));
+        assert!(back.comments.is_empty(), "{:?}", back.comments);
+    }
+
+    /// Go's CPU profiles (`samples/count`, `cpu/nanoseconds`) read as one `cpu` event.
+    #[test]
+    fn reads_go_style_sample_types() {
+        let mut message = encode(&sample_profile());
+        let mut strings = StringTable::new();
+        for s in &message.string_table[1..] {
+            strings.get(s);
+        }
+        message.sample_type = vec![
+            proto::ValueType {
+                r#type: strings.get("samples"),
+                unit: strings.get("count"),
+            },
+            proto::ValueType {
+                r#type: strings.get("cpu"),
+                unit: strings.get("nanoseconds"),
+            },
+        ];
+        for sample in &mut message.sample {
+            sample.value = vec![4, 40_000_000];
+        }
+        message.comment.clear();
+        message.string_table = strings.strings;
+        let profile = decode(&message).unwrap();
+        assert_eq!(profile.events.len(), 1);
+        assert_eq!(profile.events[0].name, "cpu");
+        assert_eq!(
+            profile.events[0].total(),
+            Value {
+                samples: 4,
+                period: 40_000_000
+            }
+        );
+    }
+
+    /// Empty, truncated, corrupt and non-pprof input is refused with an error, never a
+    /// panic.
+    #[test]
+    fn bad_input_is_an_error() {
+        let mut bytes = Vec::new();
+        write(&sample_profile(), &mut bytes).unwrap();
+        assert!(matches!(decode_bytes(&[]), Err(PprofError::Empty)));
+        assert!(matches!(
+            decode_bytes(&bytes[..bytes.len() / 2]),
+            Err(PprofError::Gzip(_))
+        ));
+        let raw = encode(&sample_profile()).encode_to_vec();
+        assert!(decode_bytes(&raw[..raw.len() - 3]).is_err());
+        assert!(decode_bytes(b"<svg>not a profile</svg>").is_err());
+        let mut broken = encode(&sample_profile());
+        broken.sample[0].location_id.push(999);
+        assert!(matches!(decode(&broken), Err(PprofError::Invalid(_))));
+    }
+
+    /// Real files to mutate: a recording prof made (gzipped and raw) and a profile with
+    /// every feature (raw).
+    fn seeds() -> Vec<Vec<u8>> {
+        let recorded: &[u8] = include_bytes!("../../tests/golden/spin_faults.pb.gz");
+        let mut raw = Vec::new();
+        GzDecoder::new(recorded).read_to_end(&mut raw).unwrap();
+        vec![
+            recorded.to_vec(),
+            raw,
+            encode(&sample_profile()).encode_to_vec(),
+        ]
+    }
+
+    /// How many mutated files the fuzz test tries: `PROF_FUZZ_CASES`, default 2,000.
+    fn fuzz_cases() -> u32 {
+        std::env::var("PROF_FUZZ_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2_000)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: fuzz_cases(),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Fuzzing the reader: real files with bytes flipped, inserted, deleted or cut off
+        /// either read (and then render and re-encode) or are refused; nothing panics.
+        #[test]
+        fn mutated_files_never_panic(
+            seed in 0..3usize,
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>(), 0..4u8),
+                1..6,
+            ),
+        ) {
+            let mut bytes = seeds().swap_remove(seed);
+            for (position, byte, kind) in edits {
+                let at = position % bytes.len().max(1);
+                match kind {
+                    0 if !bytes.is_empty() => bytes[at] ^= byte | 1,
+                    1 => bytes.truncate(at),
+                    2 => bytes.insert(at.min(bytes.len()), byte),
+                    _ if !bytes.is_empty() => {
+                        bytes.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            if let Ok(profile) = decode_bytes(&bytes) {
+                for event in 0..profile.events.len() {
+                    crate::export::folded::stacks(&profile, event, true);
+                    profile.function_shares(event);
+                }
+                let again = encode(&profile).encode_to_vec();
+                proptest::prop_assert!(decode_bytes(&again).is_ok());
+            }
+        }
+    }
+}

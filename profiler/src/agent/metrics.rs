@@ -40,6 +40,8 @@ pub struct Metrics {
     pub side_band_lost: u64,
     /// Processes in the process table after the last window.
     pub processes: u64,
+    /// Times the symbolizer was rebuilt to release memory.
+    pub symbolizer_resets: u64,
     /// Windows pushed.
     pub pushes: u64,
     /// Push attempts that failed.
@@ -152,7 +154,7 @@ impl Metrics {
                 m.unique_stacks as f64,
             );
         }
-        let plain: [(&str, &str, &str, f64); 15] = [
+        let plain: [(&str, &str, &str, f64); 17] = [
             (
                 "prof_agent_windows_total",
                 "counter",
@@ -194,6 +196,18 @@ impl Metrics {
                 "gauge",
                 "Processes the agent keeps track of.",
                 self.processes as f64,
+            ),
+            (
+                "prof_agent_profile_requests_total",
+                "counter",
+                "/debug/pprof/profile requests answered.",
+                self.profile_requests as f64,
+            ),
+            (
+                "prof_agent_symbolizer_resets_total",
+                "counter",
+                "Times the symbolizer's caches were dropped to stay within the memory budget.",
+                self.symbolizer_resets as f64,
             ),
             (
                 "prof_agent_pushes_total",

@@ -49,6 +49,10 @@ const MAX_CAPTURES: usize = 4;
 /// Every this many drains, processes that are gone without an exit record are forgotten.
 const SWEEP_EVERY: u64 = 30;
 
+/// When the agent's resident memory passes this, the symbolizer is rebuilt, which releases
+/// the symbol tables it parsed and the files it mapped; the budget is 50 MB.
+const RESET_SYMBOLIZER_ABOVE: u64 = 40 << 20;
+
 /// The symbolizer is rebuilt this often, so files that are gone (and their parsed symbols)
 /// do not stay cached forever; in between, each binary is parsed once.
 const SYMBOLIZER_LIFETIME: Duration = Duration::from_secs(3600);
@@ -225,6 +229,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         symbolizer: Symbolizer::with_debug_info(config.debug_info),
         symbolizer_born: Instant::now(),
         debug_info: config.debug_info,
+        symbolizer_resets: 0,
         labels: LabelCache::default(),
         infos,
         previous_stats: KernelStats::default(),
@@ -303,6 +308,7 @@ struct Sampler {
     symbolizer: Symbolizer,
     symbolizer_born: Instant,
     debug_info: bool,
+    symbolizer_resets: u64,
     labels: LabelCache,
     infos: Vec<EventInfo>,
     /// The kernel's cumulative counters at the last drain.
@@ -344,13 +350,18 @@ impl Sampler {
         drained.stats = since(&cumulative, &self.previous_stats);
         self.previous_stats = cumulative;
 
-        if self.symbolizer_born.elapsed() >= SYMBOLIZER_LIFETIME {
-            self.symbolizer = Symbolizer::with_debug_info(self.debug_info);
-            self.symbolizer_born = Instant::now();
-        }
         let started = Instant::now();
         let mut profile = self.symbolize(&drained);
         let symbolize_time = started.elapsed();
+        let resident = prof::agent::metrics::own_usage().resident_bytes;
+        if self.symbolizer_born.elapsed() >= SYMBOLIZER_LIFETIME
+            || resident > RESET_SYMBOLIZER_ABOVE
+        {
+            tracing::debug!(resident, "rebuilding the symbolizer to release its caches");
+            self.symbolizer = Symbolizer::with_debug_info(self.debug_info);
+            self.symbolizer_born = Instant::now();
+            self.symbolizer_resets += 1;
+        }
         profile.side_band_lost = log.lost_records;
         self.forget_exited();
 
@@ -427,6 +438,7 @@ impl Sampler {
             symbolize_time,
             drain_time: started.elapsed(),
             processes: self.processes.len(),
+            symbolizer_resets: self.symbolizer_resets,
         })
     }
 
@@ -479,6 +491,7 @@ struct Closed {
     symbolize_time: Duration,
     drain_time: Duration,
     processes: usize,
+    symbolizer_resets: u64,
 }
 
 /// Hands finished windows to every export.
@@ -533,6 +546,7 @@ impl Exporter {
         metrics.symbolize_seconds_total += closed.symbolize_time.as_secs_f64();
         metrics.side_band_lost += span.profile.side_band_lost;
         metrics.processes = closed.processes as u64;
+        metrics.symbolizer_resets = closed.symbolizer_resets;
         match written {
             Some(true) => metrics.files_written += 1,
             Some(false) => metrics.file_failures += 1,

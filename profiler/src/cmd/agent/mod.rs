@@ -49,9 +49,15 @@ const MAX_CAPTURES: usize = 4;
 /// Every this many drains, processes that are gone without an exit record are forgotten.
 const SWEEP_EVERY: u64 = 30;
 
-/// When the agent's resident memory passes this, the symbolizer is rebuilt, which releases
-/// the symbol tables it parsed and the files it mapped; the budget is 50 MB.
+/// When the agent's resident memory passes this, the symbolizer is rebuilt (at most once
+/// per [`RESET_AT_MOST_EVERY`]), which releases the symbol tables it parsed and the files it
+/// mapped; the budget is 50 MB.
 const RESET_SYMBOLIZER_ABOVE: u64 = 40 << 20;
+const RESET_AT_MOST_EVERY: Duration = Duration::from_secs(600);
+
+/// Files no drain needed for this many drains (two minutes of 10-second windows) are
+/// evicted from the symbolizer's cache.
+const EVICT_AFTER_DRAINS: u64 = 12;
 
 /// The symbolizer is rebuilt this often, so files that are gone (and their parsed symbols)
 /// do not stay cached forever; in between, each binary is parsed once.
@@ -353,9 +359,14 @@ impl Sampler {
         let started = Instant::now();
         let mut profile = self.symbolize(&drained);
         let symbolize_time = started.elapsed();
+        let evicted = self.symbolizer.evict_idle(EVICT_AFTER_DRAINS);
+        if evicted > 0 {
+            tracing::debug!(evicted, "evicted idle files from the symbolizer");
+        }
         let resident = prof::agent::metrics::own_usage().resident_bytes;
-        if self.symbolizer_born.elapsed() >= SYMBOLIZER_LIFETIME
-            || resident > RESET_SYMBOLIZER_ABOVE
+        let age = self.symbolizer_born.elapsed();
+        if age >= SYMBOLIZER_LIFETIME
+            || (resident > RESET_SYMBOLIZER_ABOVE && age >= RESET_AT_MOST_EVERY)
         {
             tracing::debug!(resident, "rebuilding the symbolizer to release its caches");
             self.symbolizer = Symbolizer::with_debug_info(self.debug_info);

@@ -4,7 +4,7 @@
 mod cli;
 mod cmd;
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .without_time()
+            .with_ansi(io::stderr().is_terminal())
             .init();
     }
     match cli.run() {

@@ -10,7 +10,7 @@ mod pusher;
 mod server;
 
 use std::collections::HashSet;
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -121,6 +121,8 @@ fn init_logging(filter: &str) {
         .with_writer(io::stderr)
         .with_env_filter(filter)
         .with_target(false)
+        // Colour codes only on a terminal, not in journald or a log file.
+        .with_ansi(io::stderr().is_terminal())
         .init();
 }
 

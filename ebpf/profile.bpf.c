@@ -4,6 +4,12 @@
  * link whose bpf_cookie says which event fired and which stacks to take (see profile.h). It
  * counts samples in the kernel, keyed by process and stack ids, weighted by the sample period.
  *
+ * The counts and stacks live in two generations of maps (`counts_0`/`stacks_0` and
+ * `counts_1`/`stacks_1`); the `generation` map says which one the program writes. `prof
+ * record` only ever uses generation 0. `prof agent` flips the generation at the end of each
+ * window, then drains and clears the generation it left, so no sample is lost across the
+ * boundary and the maps never need to be cleared while the program writes them.
+ *
  * Two small raw tracepoint programs keep the target set (`targets`) current when prof records
  * a command or a list of pids: children forked by a target join it, and a target's tgid leaves
  * it when the process exits, so that a reused pid is not profiled by mistake.
@@ -57,12 +63,15 @@ ABI(global_forks_untracked, PROF_GLOBAL_FORKS_UNTRACKED);
  * -ENOMEM whenever a CPU meets new stacks faster than the BPF allocator refills its
  * per-CPU cache (seen on 16 CPUs with 17 distinct stacks), so "full" would not mean full.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u64);
-	__type(value, struct stack_trace);
-	__uint(max_entries, 32768); /* --stack-storage-size */
-} stacks SEC(".maps");
+#define STACKS_MAP(name)                                                     \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);                             \
+		__type(key, __u64);                                          \
+		__type(value, struct stack_trace);                           \
+		__uint(max_entries, 32768); /* --stack-storage-size */       \
+	} name SEC(".maps")
+STACKS_MAP(stacks_0);
+STACKS_MAP(stacks_1);
 
 /* Where bpf_get_stack writes: a stack is too large for the BPF stack. */
 struct {
@@ -72,12 +81,23 @@ struct {
 	__uint(max_entries, 1);
 } scratch SEC(".maps");
 
+#define COUNTS_MAP(name)                                                     \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);                             \
+		__type(key, struct sample_key);                              \
+		__type(value, struct sample_value);                          \
+		__uint(max_entries, 65536); /* --counts-map-size */          \
+	} name SEC(".maps")
+COUNTS_MAP(counts_0);
+COUNTS_MAP(counts_1);
+
+/* [0]: the generation of `counts_N`/`stacks_N` that samples go to (0 or 1), set by userspace. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct sample_key);
-	__type(value, struct sample_value);
-	__uint(max_entries, 65536); /* --counts-map-size */
-} counts SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} generation SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -132,8 +152,8 @@ static __always_inline __u64 stack_id(const struct stack_trace *stack, __u32 dep
  * buffer) and stores it in `stacks` unless it is there already. Returns its id, or an errno
  * below PROF_STACK_ID_MIN.
  */
-static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, struct stack_trace *stack,
-					    __u64 flags)
+static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, void *stacks,
+					    struct stack_trace *stack, __u64 flags)
 {
 	long bytes, err;
 	__u64 id;
@@ -145,9 +165,9 @@ static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, struct 
 	if (bytes == 0)
 		return EFAULT;
 	id = stack_id(stack, bytes / sizeof(__u64));
-	if (bpf_map_lookup_elem(&stacks, &id))
+	if (bpf_map_lookup_elem(stacks, &id))
 		return id;
-	err = bpf_map_update_elem(&stacks, &id, stack, BPF_NOEXIST);
+	err = bpf_map_update_elem(stacks, &id, stack, BPF_NOEXIST);
 	/* -EEXIST: another CPU stored the same stack first. Anything else: the map is full. */
 	if (err && err != -EEXIST)
 		return E2BIG;
@@ -166,20 +186,14 @@ static __always_inline int no_frames(__u64 id)
 	return id < PROF_STACK_ID_MIN && id != E2BIG;
 }
 
-SEC("perf_event")
-int on_sample(struct bpf_perf_event_data *ctx)
+/* Counts one sample of `event` by `tgid` into one generation's `counts` and `stacks`. */
+static __always_inline int count_sample(struct bpf_perf_event_data *ctx, __u64 cookie, __u32 event,
+					__u32 tgid, void *counts, void *stacks)
 {
-	__u64 cookie = bpf_get_attach_cookie(ctx);
-	__u32 event = cookie & PROF_COOKIE_EVENT_MASK;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct sample_value *value;
 	struct stack_trace *stack;
 	__u32 zero = 0;
 
-	if (event >= PROF_MAX_EVENTS)
-		return 0;
-	if (filter_tgids && !bpf_map_lookup_elem(&targets, &tgid))
-		return 0;
 	stack = bpf_map_lookup_elem(&scratch, &zero);
 	if (!stack)
 		return 0;
@@ -191,10 +205,10 @@ int on_sample(struct bpf_perf_event_data *ctx)
 		.kernel_stack = PROF_STACK_NOT_TAKEN,
 	};
 	if (cookie & PROF_COOKIE_USER_STACK)
-		key.user_stack = take_stack(ctx, stack, BPF_F_USER_STACK);
+		key.user_stack = take_stack(ctx, stacks, stack, BPF_F_USER_STACK);
 	/* A sample that interrupted user code has no kernel frames: don't ask for them. */
 	if (cookie & PROF_COOKIE_KERNEL_STACK)
-		key.kernel_stack = in_user_mode(ctx) ? EFAULT : take_stack(ctx, stack, 0);
+		key.kernel_stack = in_user_mode(ctx) ? EFAULT : take_stack(ctx, stacks, stack, 0);
 
 	bump(event, PROF_STAT_SAMPLES);
 	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)
@@ -202,23 +216,43 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	else if (no_frames(key.user_stack) && no_frames(key.kernel_stack))
 		bump(event, PROF_STAT_NO_STACK);
 
-	value = bpf_map_lookup_elem(&counts, &key);
+	value = bpf_map_lookup_elem(counts, &key);
 	if (!value) {
 		struct sample_value zero = {};
-		long err = bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
+		long err = bpf_map_update_elem(counts, &key, &zero, BPF_NOEXIST);
 
 		/* -EEXIST: another CPU inserted the same key first; use theirs. */
 		if (err && err != -EEXIST) {
 			bump(event, PROF_STAT_MAP_FULL);
 			return 0;
 		}
-		value = bpf_map_lookup_elem(&counts, &key);
+		value = bpf_map_lookup_elem(counts, &key);
 		if (!value)
 			return 0;
 	}
 	__sync_fetch_and_add(&value->samples, 1);
 	__sync_fetch_and_add(&value->period, ctx->sample_period);
 	return 0;
+}
+
+SEC("perf_event")
+int on_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 event = cookie & PROF_COOKIE_EVENT_MASK;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 zero = 0;
+	__u32 *current;
+
+	if (event >= PROF_MAX_EVENTS)
+		return 0;
+	if (filter_tgids && !bpf_map_lookup_elem(&targets, &tgid))
+		return 0;
+	current = bpf_map_lookup_elem(&generation, &zero);
+	/* Two calls rather than one with a chosen map: each call site sees one map. */
+	if (current && *current)
+		return count_sample(ctx, cookie, event, tgid, &counts_1, &stacks_1);
+	return count_sample(ctx, cookie, event, tgid, &counts_0, &stacks_0);
 }
 
 /* Only the fields we read; CO-RE relocates their offsets against the running kernel's BTF. */

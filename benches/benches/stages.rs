@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::Input;
+use blazesym::symbolize::source::{Elf, Source};
 use criterion::measurement::WallTime;
 use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
@@ -232,13 +232,14 @@ impl FilledMaps {
             filter_tgids: false,
             stack_storage_size,
             counts_map_size,
+            double_buffer: false,
         })
         .map_err(|err| format!("loading prof's BPF program: {err}"))?;
         let mut stacks: BpfHashMap<MapData, u64, StackTrace> =
-            BpfHashMap::try_from(Map::HashMap(newest_map("stacks", stack_storage_size)?))
+            BpfHashMap::try_from(Map::HashMap(newest_map("stacks_0", stack_storage_size)?))
                 .map_err(|err| err.to_string())?;
         let mut counts: BpfHashMap<MapData, SampleKey, SampleValue> =
-            BpfHashMap::try_from(Map::HashMap(newest_map("counts", counts_map_size)?))
+            BpfHashMap::try_from(Map::HashMap(newest_map("counts_0", counts_map_size)?))
                 .map_err(|err| err.to_string())?;
         let mut store = |frames: &[u64]| -> Result<u64, String> {
             let id = frames.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &ip| {

@@ -3,14 +3,20 @@
 //!
 //! In: a [`BpfConfig`], the events and CPUs to sample, the target tgids. Out: the `counts`
 //! entries ([`SampleKey`] → [`SampleValue`]), stacks by id, and the in-kernel counters
-//! ([`KernelStats`]). The layouts here mirror `ebpf/profile.h`; the test at the bottom checks
+//! ([`KernelStats`]).
+//!
+//! Counts and stacks come in two generations (`counts_0`/`stacks_0`, `counts_1`/`stacks_1`);
+//! the program writes the one the `generation` map names. `prof record` uses generation 0
+//! only (generation 1 is sized to one entry). `prof agent` loads both at full size and, at the
+//! end of each window, [flips](BpfProfiler::flip) the generation, then reads and
+//! [clears](BpfProfiler::clear) the one it left. The layouts here mirror `ebpf/profile.h`; the test at the bottom checks
 //! them against the compiled object.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{PerfEvent, ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use thiserror::Error;
@@ -106,6 +112,49 @@ pub struct BpfConfig {
     pub stack_storage_size: u32,
     /// Entries of the counts map (`--counts-map-size`).
     pub counts_map_size: u32,
+    /// Size both generations of the counts and stack maps, so that sampling can go on in one
+    /// while the other is drained (the agent). Otherwise only generation 0 is usable.
+    pub double_buffer: bool,
+}
+
+/// One of the two generations of the counts and stack maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// `counts_0` and `stacks_0`: the only one `prof record` uses.
+    First,
+    /// `counts_1` and `stacks_1`.
+    Second,
+}
+
+impl Generation {
+    /// The other generation.
+    pub fn other(self) -> Generation {
+        match self {
+            Generation::First => Generation::Second,
+            Generation::Second => Generation::First,
+        }
+    }
+
+    fn index(self) -> u32 {
+        match self {
+            Generation::First => 0,
+            Generation::Second => 1,
+        }
+    }
+
+    fn counts_map(self) -> &'static str {
+        match self {
+            Generation::First => "counts_0",
+            Generation::Second => "counts_1",
+        }
+    }
+
+    fn stacks_map(self) -> &'static str {
+        match self {
+            Generation::First => "stacks_0",
+            Generation::Second => "stacks_1",
+        }
+    }
 }
 
 /// What went wrong on the BPF side.
@@ -241,16 +290,25 @@ const EXIT_PROGRAM: &str = "on_process_exit";
 pub struct BpfProfiler {
     ebpf: Ebpf,
     links: Vec<PerfLink>,
+    generation: Generation,
 }
 
 impl BpfProfiler {
     /// Loads the program with `config` applied (globals and map sizes are set before load).
     pub fn load(config: &BpfConfig) -> Result<BpfProfiler, BpfError> {
         let filter = u8::from(config.filter_tgids);
+        // The stack map is preallocated: an unused generation gets one entry, not 35 MB.
+        let (second_stacks, second_counts) = if config.double_buffer {
+            (config.stack_storage_size, config.counts_map_size)
+        } else {
+            (1, 1)
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("filter_tgids", &filter, true)
-            .map_max_entries("stacks", config.stack_storage_size)
-            .map_max_entries("counts", config.counts_map_size)
+            .map_max_entries("stacks_0", config.stack_storage_size)
+            .map_max_entries("counts_0", config.counts_map_size)
+            .map_max_entries("stacks_1", second_stacks)
+            .map_max_entries("counts_1", second_counts)
             // The target set is preallocated; without a filter it is never read.
             .map_max_entries("targets", if config.filter_tgids { TARGETS } else { 1 })
             .load(PROGRAM_OBJECT)?;
@@ -263,6 +321,7 @@ impl BpfProfiler {
         Ok(BpfProfiler {
             ebpf,
             links: Vec::new(),
+            generation: Generation::First,
         })
     }
 
@@ -380,22 +439,63 @@ impl BpfProfiler {
         Ok(result)
     }
 
-    /// Every entry of the counts map.
+    /// Every entry of the counts map (generation 0, the one `prof record` uses).
     pub fn counts(&self) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
+        self.counts_in(Generation::First)
+    }
+
+    /// The stack with `id` in generation 0, innermost frame first; `None` if the id is not
+    /// in the map.
+    pub fn stack(&self, id: u64) -> Result<Option<Vec<u64>>, BpfError> {
+        self.stack_in(Generation::First, id)
+    }
+
+    /// The generation samples go to now.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// Sends new samples to the other generation and returns the one they went to until now.
+    /// A sample that was being counted on another CPU during the flip may still land in the
+    /// old generation for a few microseconds; read it after a short pause.
+    pub fn flip(&mut self) -> Result<Generation, BpfError> {
+        let old = self.generation;
+        let new = old.other();
+        let mut generation: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("generation")
+                .expect("the object defines generation"),
+        )
+        .map_err(map_err("generation"))?;
+        generation
+            .set(0, new.index(), 0)
+            .map_err(map_err("generation"))?;
+        self.generation = new;
+        Ok(old)
+    }
+
+    /// Every entry of one generation's counts map.
+    pub fn counts_in(
+        &self,
+        generation: Generation,
+    ) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
+        let name = generation.counts_map();
         let counts: HashMap<&MapData, SampleKey, SampleValue> =
-            HashMap::try_from(self.ebpf.map("counts").expect("the object defines counts"))
-                .map_err(map_err("counts"))?;
+            HashMap::try_from(self.ebpf.map(name).expect("the object defines counts_N"))
+                .map_err(map_err(name))?;
         counts
             .iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err("counts"))
+            .map_err(map_err(name))
     }
 
-    /// The stack with `id`, innermost frame first; `None` if the id is not in the map.
-    pub fn stack(&self, id: u64) -> Result<Option<Vec<u64>>, BpfError> {
+    /// The stack with `id` in one generation, innermost frame first; `None` if the id is not
+    /// in the map.
+    pub fn stack_in(&self, generation: Generation, id: u64) -> Result<Option<Vec<u64>>, BpfError> {
+        let name = generation.stacks_map();
         let stacks: HashMap<&MapData, u64, StackTrace> =
-            HashMap::try_from(self.ebpf.map("stacks").expect("the object defines stacks"))
-                .map_err(map_err("stacks"))?;
+            HashMap::try_from(self.ebpf.map(name).expect("the object defines stacks_N"))
+                .map_err(map_err(name))?;
         match stacks.get(&id, 0) {
             Ok(trace) => Ok(Some(
                 trace
@@ -406,11 +506,38 @@ impl BpfProfiler {
                     .collect(),
             )),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(BpfError::Map {
-                map: "stacks",
-                source,
-            }),
+            Err(source) => Err(BpfError::Map { map: name, source }),
         }
+    }
+
+    /// Empties one generation's counts and stack maps. Call it only for the generation that
+    /// samples do not go to.
+    pub fn clear(&mut self, generation: Generation) -> Result<(), BpfError> {
+        assert_ne!(
+            generation, self.generation,
+            "the generation being written is never cleared"
+        );
+        self.clear_map::<SampleKey, SampleValue>(generation.counts_map())?;
+        self.clear_map::<u64, StackTrace>(generation.stacks_map())
+    }
+
+    fn clear_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<(), BpfError> {
+        let mut map: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.ebpf.map_mut(name).expect("the object defines the map"))
+                .map_err(map_err(name))?;
+        let keys = map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(name))?;
+        for key in keys {
+            match map.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(err))
+                    if err.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => return Err(BpfError::Map { map: name, source }),
+            }
+        }
+        Ok(())
     }
 }
 

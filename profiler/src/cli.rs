@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cmd::record::{RecordConfig, Target};
 use crate::cmd::report::ReportConfig;
+use prof::agent;
+use prof::agent::config::{AgentConfig, DirConfig, PushConfig};
 use prof::events;
 use prof::export::flamegraph;
 use prof::perf::Sampling;
@@ -29,6 +31,9 @@ pub enum Command {
     /// Record stacks of a command, of running processes, or of the whole machine.
     #[command(after_help = RECORD_EXAMPLES)]
     Record(RecordArgs),
+    /// Profile the whole machine continuously; serve, push and store pprof windows.
+    #[command(after_help = AGENT_EXAMPLES)]
+    Agent(AgentArgs),
     /// Print a saved profile's hottest functions, or render it: flame graphs, folded stacks,
     /// pprof, or a ratio flame graph of two of its events.
     #[command(after_help = REPORT_EXAMPLES)]
@@ -39,6 +44,127 @@ pub enum Command {
     Diff(DiffArgs),
     /// List the events prof knows and whether each works on this machine.
     List,
+}
+
+const AGENT_EXAMPLES: &str = "\
+Examples:
+  # Serve on 127.0.0.1:6060; then: go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5
+  sudo prof agent
+  # Push every window to Pyroscope and keep the last hour as files:
+  sudo prof agent --push http://pyroscope:4040 --dir /var/lib/prof
+  # Everything from a file (see dist/agent.toml), a flag overriding it:
+  sudo prof agent --config /etc/prof/agent.toml --listen 0.0.0.0:6060
+
+SIGTERM or SIGINT ends the current window early, exports it everywhere and exits 0.
+The log level comes from RUST_LOG, else from the config's `log` (default info).";
+
+/// `prof agent` flags; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// A TOML config file (see dist/agent.toml). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve HTTP on this address and port [default: 127.0.0.1:6060].
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "no_http")]
+    pub listen: Option<String>,
+
+    /// Do not serve HTTP.
+    #[arg(long)]
+    pub no_http: bool,
+
+    /// Push every window to Pyroscope's /ingest at this base URL (http://host:4040).
+    #[arg(long, value_name = "URL")]
+    pub push: Option<String>,
+
+    /// Write every window as a pprof file into this folder, rotated.
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+
+    /// Events to sample, comma-separated [default: cycles, or cpu-clock without a PMU].
+    #[arg(short = 'e', long = "event", value_name = "LIST")]
+    pub events: Option<String>,
+
+    /// Samples per second per CPU [default: 19].
+    #[arg(short = 'F', long = "freq", value_name = "HZ")]
+    pub freq: Option<u64>,
+
+    /// Seconds per window [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub window: Option<u64>,
+
+    /// Distinct stacks the kernel stores per window [default: 8192].
+    #[arg(long, value_name = "N")]
+    pub stack_storage_size: Option<u32>,
+
+    /// Distinct (process, event, stack) keys the kernel counts per window [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub counts_map_size: Option<u32>,
+}
+
+impl AgentArgs {
+    /// Reads the config file (or the defaults) and applies the flags over it. Every error
+    /// comes before anything is attached.
+    pub fn into_config(self) -> Result<AgentConfig> {
+        let mut config = match &self.config {
+            Some(path) => agent::config::load(path)?,
+            None => AgentConfig::default(),
+        };
+        if let Some(listen) = &self.listen {
+            config.http.listen = agent::config::parse_listen(listen)
+                .map_err(|err| anyhow::anyhow!("--listen: {err}"))?;
+            config.http.enabled = true;
+        }
+        if self.no_http {
+            config.http.enabled = false;
+        }
+        if let Some(url) = &self.push {
+            let url = agent::config::check_push_url(url)
+                .map_err(|err| anyhow::anyhow!("--push: {err}"))?;
+            match &mut config.push {
+                Some(push) => push.url = url,
+                None => config.push = Some(PushConfig::with_url(&url).map_err(anyhow::Error::msg)?),
+            }
+        }
+        if let Some(path) = self.dir {
+            match &mut config.dir {
+                Some(dir) => dir.path = path,
+                None => config.dir = Some(DirConfig::with_path(path)),
+            }
+        }
+        if let Some(list) = &self.events {
+            config.events = events::parse_list(list)?;
+        }
+        for (flag, value) in [
+            ("-F/--freq", self.freq),
+            ("--window", self.window),
+            (
+                "--stack-storage-size",
+                self.stack_storage_size.map(u64::from),
+            ),
+            ("--counts-map-size", self.counts_map_size.map(u64::from)),
+        ] {
+            if value == Some(0) {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        if let Some(freq) = self.freq {
+            config.frequency = freq;
+        }
+        if let Some(window) = self.window {
+            if window > 3600 {
+                bail!("--window is at most 3600 seconds");
+            }
+            config.window_seconds = window;
+        }
+        if let Some(size) = self.stack_storage_size {
+            config.stack_storage_size = size;
+        }
+        if let Some(size) = self.counts_map_size {
+            config.counts_map_size = size;
+        }
+        Ok(config)
+    }
 }
 
 const REPORT_EXAMPLES: &str = "\
@@ -345,12 +471,21 @@ pub fn parse() -> Cli {
 }
 
 impl Cli {
+    /// Whether the command sets up logging itself (the agent, from its config).
+    pub fn configures_logging(&self) -> bool {
+        matches!(self.command, Command::Agent(_))
+    }
+
     /// Runs the chosen subcommand; returns the exit code.
     pub fn run(self) -> Result<u8> {
         match self.command {
             Command::Record(args) => {
                 let config = args.into_config()?;
                 crate::cmd::record::run(config)
+            }
+            Command::Agent(args) => {
+                let config = args.into_config()?;
+                crate::cmd::agent::run(config)
             }
             Command::Report(args) => crate::cmd::report::run(args.into_config()?),
             Command::Diff(args) => crate::cmd::diff::run(crate::cmd::diff::DiffConfig {

@@ -1,13 +1,16 @@
 //! Drain: read the counts map and resolve stack ids into raw addresses.
 //!
-//! In: the loaded [`BpfProfiler`] after sampling stopped. Out: [`Drained`], one
-//! [`RawSample`] per (process, event, user stack, kernel stack) with raw instruction
-//! pointers, and the kernel's loss counters.
+//! In: the loaded [`BpfProfiler`], after sampling stopped ([`drain`], for `prof record`) or
+//! while it goes on in the other generation ([`drain_generation`], for `prof agent`). Out:
+//! [`Drained`], one [`RawSample`] per (process, event, user stack, kernel stack) with raw
+//! instruction pointers, and the kernel's loss counters (cumulative since load).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::bpf::{BpfError, BpfProfiler, KernelStats, STACK_ID_MIN, STACK_NOT_TAKEN, SampleKey};
+use crate::bpf::{
+    BpfError, BpfProfiler, Generation, KernelStats, STACK_ID_MIN, STACK_NOT_TAKEN, SampleKey,
+};
 use crate::profile::Value;
 
 /// A stack as the kernel recorded it.
@@ -63,18 +66,34 @@ pub struct Drained {
 
 /// Reads all counts and the stacks they refer to. Each stack id is looked up once.
 pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
+    read(bpf, Generation::First, events)
+}
+
+/// Reads and then empties `generation`, which samples must no longer go to (see
+/// [`BpfProfiler::flip`]).
+pub fn drain_generation(
+    bpf: &mut BpfProfiler,
+    generation: Generation,
+    events: usize,
+) -> Result<Drained, BpfError> {
+    let drained = read(bpf, generation, events)?;
+    bpf.clear(generation)?;
+    Ok(drained)
+}
+
+fn read(bpf: &BpfProfiler, generation: Generation, events: usize) -> Result<Drained, BpfError> {
     let stats = bpf.stats(events)?;
     let mut stacks: HashMap<u64, RawStack> = HashMap::new();
     let mut samples = Vec::new();
-    for (key, value) in bpf.counts()? {
+    for (key, value) in bpf.counts_in(generation)? {
         let SampleKey {
             tgid,
             event,
             user_stack,
             kernel_stack,
         } = key;
-        let user = resolve(bpf, &mut stacks, user_stack)?;
-        let kernel = resolve(bpf, &mut stacks, kernel_stack)?;
+        let user = resolve(bpf, generation, &mut stacks, user_stack)?;
+        let kernel = resolve(bpf, generation, &mut stacks, kernel_stack)?;
         samples.push(RawSample {
             tgid,
             event: event as usize,
@@ -91,6 +110,7 @@ pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
 
 fn resolve(
     bpf: &BpfProfiler,
+    generation: Generation,
     cache: &mut HashMap<u64, RawStack>,
     id: u64,
 ) -> Result<RawStack, BpfError> {
@@ -103,7 +123,7 @@ fn resolve(
     if let Some(stack) = cache.get(&id) {
         return Ok(stack.clone());
     }
-    let stack = match bpf.stack(id)? {
+    let stack = match bpf.stack_in(generation, id)? {
         Some(frames) if !frames.is_empty() => RawStack::Frames(frames.into()),
         _ => RawStack::Failed(libc::ENOENT),
     };

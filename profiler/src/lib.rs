@@ -10,6 +10,7 @@
 //!
 //! Every stage takes plain data and returns plain data; only the command layer in the binary
 //! knows their order.
+pub mod agent;
 pub mod bpf;
 pub mod cpus;
 pub mod drain;

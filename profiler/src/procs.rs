@@ -161,13 +161,29 @@ pub struct ProcessTable {
 
 impl ProcessTable {
     /// Builds the table by applying `events` in time order.
-    pub fn build(mut events: Vec<TimedEvent>) -> ProcessTable {
-        events.sort_by_key(|e| e.time);
+    pub fn build(events: Vec<TimedEvent>) -> ProcessTable {
         let mut table = ProcessTable::default();
-        for event in events {
-            table.apply(event.event);
-        }
+        table.apply_batch(events);
         table
+    }
+
+    /// Applies a batch of events in time order: what the side band saw since the last batch.
+    pub fn apply_batch(&mut self, mut events: Vec<TimedEvent>) {
+        events.sort_by_key(|e| e.time);
+        for event in events {
+            self.apply(event.event);
+        }
+    }
+
+    /// Forgets the processes for which `keep` is false (a long-running agent forgets the
+    /// processes that exited once their samples are symbolized, so the table stays bounded).
+    pub fn retain(&mut self, mut keep: impl FnMut(u32, &Process) -> bool) {
+        self.processes.retain(|&tgid, process| keep(tgid, process));
+    }
+
+    /// The tgids of every known process.
+    pub fn tgids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.processes.keys().copied()
     }
 
     /// Applies one event.

@@ -4,10 +4,11 @@
 //! In: one [`Sampler`] per CPU. Out, when stopped: every fork, exec, name change, executable
 //! mmap and exit on the machine during the recording, as timestamped [`ProcessEvent`]s for
 //! [`crate::procs::ProcessTable`], plus the number of records the kernel had to drop because
-//! a ring buffer was full.
+//! a ring buffer was full. A long-running reader (the agent) [takes](SideBandReader::take)
+//! what it saw so far instead, window by window.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use perf_event::data::{Comm, Exit, Lost, Mmap2, RecordMetadata, Visitor};
 use crate::procs::{Mapping, ProcessEvent, TimedEvent, backing_from_name};
 
 /// How often the reader wakes to drain the rings. The rings hold far more than this much.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// `PERF_RECORD_MISC_COMM_EXEC`: the COMM record comes from exec.
 const MISC_COMM_EXEC: u16 = 1 << 13;
@@ -37,41 +38,64 @@ pub struct SideBandLog {
 #[derive(Debug)]
 pub struct SideBandReader {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<SideBandLog>,
+    log: Arc<Mutex<SideBandLog>>,
+    thread: JoinHandle<()>,
 }
 
 impl SideBandReader {
     /// Starts draining `samplers` on a thread of its own.
     pub fn spawn(samplers: Vec<Sampler>) -> SideBandReader {
         let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(SideBandLog::default()));
         let stop_flag = Arc::clone(&stop);
+        let shared = Arc::clone(&log);
         let thread = thread::Builder::new()
             .name("prof-sideband".into())
             .spawn(move || {
                 let mut samplers = samplers;
-                let mut log = SideBandLog::default();
+                let mut pass = SideBandLog::default();
                 loop {
                     // Read the flag first so that the last pass drains everything written
                     // before stop() was called.
                     let stopping = stop_flag.load(Ordering::Acquire);
                     for sampler in &mut samplers {
-                        drain(sampler, &mut log);
+                        drain(sampler, &mut pass);
+                    }
+                    // Whole passes are published at once, so a take() sees every record
+                    // written before the pass started.
+                    if !pass.events.is_empty() || pass.lost_records > 0 {
+                        let mut log = lock(&shared);
+                        log.events.append(&mut pass.events);
+                        log.lost_records += std::mem::take(&mut pass.lost_records);
                     }
                     if stopping {
-                        return log;
+                        return;
                     }
                     thread::sleep(POLL_INTERVAL);
                 }
             })
             .expect("spawning the side-band thread");
-        SideBandReader { stop, thread }
+        SideBandReader { stop, log, thread }
     }
 
-    /// Stops the reader after one last drain and returns what it saw.
+    /// What the reader saw since it started or since the last take; it goes on reading. A
+    /// record is here once a whole pass over the rings that began after it was written has
+    /// ended, that is at most two poll intervals (40 ms) after it was written.
+    pub fn take(&self) -> SideBandLog {
+        std::mem::take(&mut *lock(&self.log))
+    }
+
+    /// Stops the reader after one last drain and returns what it saw (since the last take).
     pub fn stop(self) -> SideBandLog {
         self.stop.store(true, Ordering::Release);
-        self.thread.join().unwrap_or_default()
+        let _ = self.thread.join();
+        std::mem::take(&mut *lock(&self.log))
     }
+}
+
+/// The log is plain data; a panic elsewhere while holding it leaves it usable.
+fn lock(log: &Mutex<SideBandLog>) -> MutexGuard<'_, SideBandLog> {
+    log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn drain(sampler: &mut Sampler, log: &mut SideBandLog) {

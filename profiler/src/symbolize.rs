@@ -12,6 +12,7 @@
 //! batch per file. What cannot be resolved becomes an `[unknown]` location (no lines), and
 //! its reason is counted.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,6 +51,12 @@ enum UserLocation {
 #[derive(Debug)]
 pub struct Symbolizer {
     blazesym: blazesym::symbolize::Symbolizer,
+    /// Read DWARF (and separate debug files) besides the symbol tables.
+    debug_info: bool,
+    /// Calls to [`Symbolizer::symbolize`] so far, and the call that last used each file: a
+    /// long-running caller [evicts](Symbolizer::evict_idle) the files it stopped needing.
+    calls: Cell<u64>,
+    last_used: RefCell<HashMap<Arc<Path>, u64>>,
 }
 
 impl Default for Symbolizer {
@@ -71,12 +78,46 @@ impl Symbolizer {
     /// A symbolizer that reads DWARF (for inlined functions and lines) and demangles Rust
     /// and C++.
     pub fn new() -> Symbolizer {
+        Symbolizer::with_debug_info(true)
+    }
+
+    /// A symbolizer that reads DWARF (inlined functions, source lines) only if `debug_info`;
+    /// without it, names come from the symbol tables alone, which takes far less memory
+    /// (the agent's default).
+    pub fn with_debug_info(debug_info: bool) -> Symbolizer {
         let blazesym = blazesym::symbolize::Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
+            .enable_code_info(debug_info)
+            .enable_inlined_fns(debug_info)
             .enable_demangling(true)
             .build();
-        Symbolizer { blazesym }
+        Symbolizer {
+            blazesym,
+            debug_info,
+            calls: Cell::new(0),
+            last_used: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets what was cached for files that no symbolization used in the last `idle_calls`
+    /// calls (their parsed symbols and mapped file), so a long run over a churning set of
+    /// binaries stays bounded. Returns how many files were forgotten.
+    pub fn evict_idle(&mut self, idle_calls: u64) -> usize {
+        let now = self.calls.get();
+        let idle: Vec<Arc<Path>> = self
+            .last_used
+            .borrow()
+            .iter()
+            .filter(|&(_, &last)| now.saturating_sub(last) > idle_calls)
+            .map(|(path, _)| Arc::clone(path))
+            .collect();
+        for path in &idle {
+            self.last_used.borrow_mut().remove(path);
+            let evict = blazesym::symbolize::evict::Elf::new(path.as_ref());
+            if let Err(err) = self.blazesym.evict(&evict.into()) {
+                tracing::debug!("cannot evict {}: {err}", path.display());
+            }
+        }
+        idle.len()
     }
 
     /// Symbolizes every sample into a profile with one [`EventProfile`] per event (the
@@ -222,10 +263,15 @@ impl Symbolizer {
         }
 
         // Pass 2: one batch per file.
+        let call = self.calls.get() + 1;
+        self.calls.set(call);
         let mut by_file: HashMap<(usize, u64), Lines> = HashMap::new();
         for (file, (path, offsets)) in files.iter().enumerate() {
+            self.last_used.borrow_mut().insert(Arc::clone(path), call);
             let offsets: Vec<u64> = offsets.iter().copied().collect();
-            let source = Source::Elf(Elf::new(path.as_ref()));
+            let mut elf = Elf::new(path.as_ref());
+            elf.debug_syms = self.debug_info;
+            let source = Source::Elf(elf);
             match self
                 .blazesym
                 .symbolize(&source, Input::FileOffset(&offsets))
@@ -448,6 +494,39 @@ mod tests {
     /// unmapped and unknown-process addresses become `[unknown]` with their reasons counted.
     #[test]
     fn resolves_own_function_and_counts_unknowns() {
+        let (processes, drained, events) = own_marker_samples();
+        let profile = Symbolizer::new().symbolize(&drained, &processes, &events);
+        check_own_marker(&profile, &drained);
+    }
+
+    /// Files a symbolizer stopped using are evicted after the given number of calls, and
+    /// symbolize as well as before once needed again; a symbol-table-only symbolizer still
+    /// names the function.
+    #[test]
+    fn evicts_idle_files() {
+        let (processes, drained, events) = own_marker_samples();
+        let mut symbolizer = Symbolizer::with_debug_info(false);
+        symbolizer.symbolize(&drained, &processes, &events);
+        assert_eq!(symbolizer.evict_idle(0), 0, "used by the last call");
+        let nothing = Drained {
+            samples: Vec::new(),
+            stats: KernelStats::default(),
+        };
+        symbolizer.symbolize(&nothing, &processes, &events);
+        assert_eq!(symbolizer.evict_idle(1), 0, "idle for one call only");
+        assert_eq!(symbolizer.evict_idle(0), 1, "the test binary, idle since");
+        let profile = symbolizer.symbolize(&drained, &processes, &events);
+        assert!(profile.events[0].stacks.keys().any(|stack| {
+            profile
+                .frame_names(stack, false)
+                .iter()
+                .any(|f| f.contains("marker_function_for_symbolize_test"))
+        }));
+    }
+
+    /// Samples of this process: the marker function, an unmapped address, and an unknown
+    /// process.
+    fn own_marker_samples() -> (ProcessTable, Drained, [EventInfo; 1]) {
         let me = std::process::id();
         let Some(event @ ProcessEvent::Snapshot { .. }) = snapshot(me) else {
             panic!("own snapshot");
@@ -472,7 +551,11 @@ mod tests {
             name: "cpu-clock".into(),
             unit: Unit::Nanoseconds,
         }];
-        let profile = Symbolizer::new().symbolize(&drained, &processes, &events);
+        (processes, drained, events)
+    }
+
+    fn check_own_marker(profile: &Profile, drained: &Drained) {
+        let ip = drained.samples[0].user.frames()[0];
         let (stack, _) = profile.events[0]
             .stacks
             .iter()
@@ -503,7 +586,7 @@ mod tests {
         let own: String = own.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(mapping.build_id.as_deref(), Some(own.as_str()));
         let labels = profile.labels.get(stack.labels);
-        assert_eq!(labels.pid, Some(me));
+        assert_eq!(labels.pid, Some(std::process::id()));
         assert!(labels.comm.is_some());
         assert_eq!(
             profile.events[0].unknown.get(&UnknownReason::Unmapped),

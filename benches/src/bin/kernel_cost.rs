@@ -177,6 +177,7 @@ fn measure(
         filter_tgids: false,
         stack_storage_size: 32768,
         counts_map_size: 65536,
+        double_buffer: false,
     })?;
     for (index, event) in events.iter().enumerate() {
         bpf.attach(index, event, Sampling::Frequency(args.frequency), cpus)?;

@@ -142,6 +142,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         filter_tgids: filter,
         stack_storage_size: config.stack_storage_size,
         counts_map_size: config.counts_map_size,
+        double_buffer: false,
     })
     .map_err(with_permission_hint)?;
     if filter {
@@ -253,7 +254,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
 
 /// `-F` above `kernel.perf_event_max_sample_rate` is refused by the kernel with a bare
 /// EINVAL; say which sysctl limits it instead.
-fn check_sample_rate(sampling: Sampling) -> Result<()> {
+pub(crate) fn check_sample_rate(sampling: Sampling) -> Result<()> {
     let Sampling::Frequency(hz) = sampling else {
         return Ok(());
     };
@@ -273,9 +274,14 @@ fn check_sample_rate(sampling: Sampling) -> Result<()> {
 
 /// Adds the privilege fix to permission errors from the kernel.
 fn with_permission_hint(err: BpfError) -> anyhow::Error {
+    with_permission_hint_for("prof record", err)
+}
+
+/// Adds the privilege fix to permission errors from the kernel, for command `what`.
+pub(crate) fn with_permission_hint_for(what: &'static str, err: BpfError) -> anyhow::Error {
     let denied = err.io_error().is_some_and(events::is_permission_error);
     let err = anyhow::Error::new(err);
-    match privilege::check("prof record") {
+    match privilege::check(what) {
         Err(hint) if denied => err.context(hint.to_string()),
         _ if denied => err.context(format!(
             "the kernel refused (kernel.perf_event_paranoid = {}); are BPF and perf events \

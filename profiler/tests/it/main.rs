@@ -5,6 +5,7 @@
 //! disturb each other's proportions (see ../shared/platform.md). They never skip: without
 //! root they fail and say why.
 
+mod agent;
 mod bad_input;
 mod record;
 mod report;

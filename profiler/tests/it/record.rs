@@ -19,7 +19,7 @@ fn start(binary: &Path, args: &[&str], settle: Duration) -> Child {
     child
 }
 
-fn stop(mut child: Child) {
+pub fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }

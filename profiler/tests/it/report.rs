@@ -9,7 +9,7 @@ use crate::{describe, prof, read_folded, serial, workload};
 
 /// `go`, which the tests need for `go tool pprof`, the reference pprof reader, and to write
 /// a Go program's profile. scripts/test.sh installs it (Debian's golang-go).
-fn go() -> Command {
+pub fn go() -> Command {
     let found = Command::new("go").arg("version").output();
     assert!(
         found.is_ok_and(|o| o.status.success()),

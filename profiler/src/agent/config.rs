@@ -1,0 +1,527 @@
+//! The agent's configuration: a TOML file, then command-line flags over it.
+//!
+//! In: the file's text. Out: an [`AgentConfig`] whose every field is already valid, or a
+//! [`ConfigError`] that names the file, the line and the key. Values are checked while they
+//! are read (not afterwards), so that every error carries the place it came from, and all of
+//! this happens before anything is attached.
+//!
+//! ```toml
+//! log = "info"                  # a tracing filter; RUST_LOG wins over it
+//! events = ["cycles"]           # cycles falls back to cpu-clock without a PMU
+//! frequency = 19                # samples per second per CPU
+//! window_seconds = 10
+//! debug_info = false            # DWARF inlined functions and lines: more memory
+//!
+//! [http]                        # on by default, on 127.0.0.1:6060
+//! listen = "127.0.0.1:6060"
+//! max_seconds = 60              # the cap on /debug/pprof/profile?seconds=N
+//!
+//! [push]                        # Pyroscope's /ingest (or Alloy's pyroscope.receive_http)
+//! url = "http://pyroscope:4040"
+//! app_name = "prof"
+//! labels = { env = "prod" }
+//!
+//! [dir]                         # pprof files, the oldest removed first
+//! path = "/var/lib/prof"
+//! max_files = 360
+//! max_bytes = 268435456
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use thiserror::Error;
+
+use crate::events::{self, Event};
+
+/// The default sampling frequency: low enough to cost well under 1% of a CPU, and odd, so it
+/// does not beat with periodic work.
+pub const DEFAULT_FREQUENCY: u64 = 19;
+/// The default window.
+pub const DEFAULT_WINDOW_SECONDS: u64 = 10;
+/// Where the HTTP server listens unless told otherwise: this host only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6060";
+
+/// Everything the agent needs to know, valid.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// A `tracing` filter (`info`, `prof=debug`); `RUST_LOG` overrides it.
+    #[serde(deserialize_with = "log_filter")]
+    pub log: String,
+    /// The events to sample.
+    #[serde(deserialize_with = "event_list")]
+    pub events: Vec<Event>,
+    /// Samples per second per CPU.
+    #[serde(deserialize_with = "positive_u64")]
+    pub frequency: u64,
+    /// Seconds per window.
+    #[serde(deserialize_with = "window_seconds")]
+    pub window_seconds: u64,
+    /// Read DWARF for inlined functions and source lines. Off by default: parsed debug
+    /// information of large binaries costs tens of MB, against a 50 MB budget.
+    pub debug_info: bool,
+    /// Distinct stacks the kernel stores per window.
+    #[serde(deserialize_with = "positive_u32")]
+    pub stack_storage_size: u32,
+    /// Distinct (process, event, stack) keys the kernel counts per window.
+    #[serde(deserialize_with = "positive_u32")]
+    pub counts_map_size: u32,
+    /// The HTTP server.
+    pub http: HttpConfig,
+    /// Pushing to Pyroscope; `None` when not configured.
+    pub push: Option<PushConfig>,
+    /// The directory of pprof files; `None` when not configured.
+    pub dir: Option<DirConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> AgentConfig {
+        AgentConfig {
+            log: "info".to_owned(),
+            events: vec![Event::parse("cycles").expect("cycles is a known event")],
+            frequency: DEFAULT_FREQUENCY,
+            window_seconds: DEFAULT_WINDOW_SECONDS,
+            debug_info: false,
+            // At 19 Hz a window holds a few hundred samples per CPU; these leave room for
+            // busy machines and higher frequencies (about 8 MB of kernel memory per
+            // generation for the stacks).
+            stack_storage_size: 8192,
+            counts_map_size: 16384,
+            http: HttpConfig::default(),
+            push: None,
+            dir: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The window as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_seconds)
+    }
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve at all.
+    pub enabled: bool,
+    /// Address and port. Anything but a loopback address must be asked for.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// The most seconds `/debug/pprof/profile` and `/flamegraph.svg` cover.
+    #[serde(deserialize_with = "positive_u64")]
+    pub max_seconds: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            enabled: true,
+            listen: DEFAULT_LISTEN.parse().expect("a valid address"),
+            max_seconds: 60,
+        }
+    }
+}
+
+/// `[push]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The server's base URL (`http://host:4040`); `/ingest` is appended.
+    #[serde(deserialize_with = "push_url")]
+    pub url: String,
+    /// The application name in Pyroscope.
+    #[serde(default = "default_app_name", deserialize_with = "label_value")]
+    pub app_name: String,
+    /// Labels added to every pushed profile's name, e.g. `{ env = "prod" }`. The agent adds
+    /// `hostname`.
+    #[serde(default, deserialize_with = "label_map")]
+    pub labels: BTreeMap<String, String>,
+    /// Windows waiting to be pushed; when full, the oldest is dropped and counted.
+    #[serde(default = "default_queue", deserialize_with = "positive_usize")]
+    pub queue: usize,
+    /// Seconds one push may take.
+    #[serde(default = "default_timeout", deserialize_with = "positive_u64")]
+    pub timeout_seconds: u64,
+}
+
+impl PushConfig {
+    /// A push configuration with defaults for everything but the URL.
+    pub fn with_url(url: &str) -> Result<PushConfig, String> {
+        Ok(PushConfig {
+            url: check_push_url(url)?,
+            app_name: default_app_name(),
+            labels: BTreeMap::new(),
+            queue: default_queue(),
+            timeout_seconds: default_timeout(),
+        })
+    }
+}
+
+fn default_app_name() -> String {
+    "prof".to_owned()
+}
+
+fn default_queue() -> usize {
+    32
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+/// `[dir]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirConfig {
+    /// The directory; it must exist.
+    pub path: PathBuf,
+    /// Files kept at most.
+    #[serde(default = "default_max_files", deserialize_with = "positive_usize")]
+    pub max_files: usize,
+    /// Bytes kept at most, all files together.
+    #[serde(default = "default_max_bytes", deserialize_with = "positive_u64")]
+    pub max_bytes: u64,
+}
+
+impl DirConfig {
+    /// A directory configuration with default limits.
+    pub fn with_path(path: PathBuf) -> DirConfig {
+        DirConfig {
+            path,
+            max_files: default_max_files(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_max_files() -> usize {
+    // An hour of 10-second windows.
+    360
+}
+
+fn default_max_bytes() -> u64 {
+    256 << 20
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the config file `{}`", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key or value is wrong.
+    #[error("{}:{line}: {}{message}", path.display(), key.as_deref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// The key at fault, where one can be told (`http.listen`).
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses configuration text; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+    toml::from_str(text).map_err(|err| {
+        let at = err.span().map(|span| span.start).unwrap_or(0);
+        let (line, key) = locate(text, at);
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            key,
+            message: err.message().trim_end().to_owned(),
+        }
+    })
+}
+
+/// The 1-based line of byte `at`, and the dotted key on that line (with the table it is in),
+/// if the line holds a `key = value` pair or is a `[table]` header.
+fn locate(text: &str, at: usize) -> (usize, Option<String>) {
+    let at = at.min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let mut table: Option<String> = None;
+    for previous in before.lines().take(line - 1) {
+        if let Some(name) = header(previous) {
+            table = Some(name);
+        }
+    }
+    let current = text.lines().nth(line - 1).unwrap_or("");
+    if let Some(name) = header(current) {
+        return (line, Some(name));
+    }
+    let key = current
+        .split_once('=')
+        .map(|(key, _)| key.trim().trim_matches('"').to_owned())
+        .filter(|key| !key.is_empty() && !key.starts_with('#'));
+    let key = match (table, key) {
+        (Some(table), Some(key)) => Some(format!("{table}.{key}")),
+        (None, key) => key,
+        (Some(_), None) => None,
+    };
+    (line, key)
+}
+
+fn header(line: &str) -> Option<String> {
+    let line = line.trim();
+    let name = line.strip_prefix('[')?.split(']').next()?;
+    Some(name.trim_matches('[').trim().to_owned())
+}
+
+fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let filter = String::deserialize(d)?;
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|err| {
+        de::Error::custom(format!("not a log filter (`info`, `prof=debug`): {err}"))
+    })?;
+    Ok(filter)
+}
+
+fn event_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    if names.is_empty() {
+        return Err(de::Error::custom(
+            "name at least one event, e.g. [\"cycles\"]",
+        ));
+    }
+    events::parse_list(&names.join(",")).map_err(de::Error::custom)
+}
+
+fn positive<'de, D: Deserializer<'de>, T>(d: D) -> Result<T, D::Error>
+where
+    T: Deserialize<'de> + PartialOrd + Default + fmt::Display,
+{
+    let value = T::deserialize(d)?;
+    if value <= T::default() {
+        return Err(de::Error::custom(format!(
+            "must be at least 1, not {value}"
+        )));
+    }
+    Ok(value)
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    positive(d)
+}
+
+fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    positive(d)
+}
+
+fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    positive(d)
+}
+
+fn window_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let seconds: u64 = positive(d)?;
+    if seconds > 3600 {
+        return Err(de::Error::custom(format!(
+            "windows are at most 3600 seconds, not {seconds}"
+        )));
+    }
+    Ok(seconds)
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_listen(&text).map_err(de::Error::custom)
+}
+
+/// Parses `ADDR:PORT` for the HTTP server.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an address and port such as {DEFAULT_LISTEN} or 0.0.0.0:6060")
+    })
+}
+
+fn push_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let url = String::deserialize(d)?;
+    check_push_url(&url).map_err(de::Error::custom)
+}
+
+/// Checks a push URL: plain `http://host[:port][/path]`.
+pub fn check_push_url(url: &str) -> Result<String, String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.starts_with("https://") {
+            format!(
+                "`{url}`: prof pushes over plain HTTP only; push to a local Alloy \
+                 (pyroscope.receive_http) or a TLS proxy that forwards to the server"
+            )
+        } else {
+            format!("`{url}` is not an http:// URL such as http://127.0.0.1:4040")
+        });
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "`{url}` is not a server URL such as http://127.0.0.1:4040 (no query, no fragment)"
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Whether `text` may be a Pyroscope label name.
+fn is_label_name(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// Whether `text` may stand in a Pyroscope name without quoting.
+fn is_label_value(text: &str) -> bool {
+    !text.is_empty() && !text.contains([',', '{', '}', '=', '"', '\n', ' '])
+}
+
+fn label_value<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let value = String::deserialize(d)?;
+    if !is_label_value(&value) {
+        return Err(de::Error::custom(format!(
+            "`{value}` cannot be used: it must not be empty or hold `,{{}}=\"` or spaces"
+        )));
+    }
+    Ok(value)
+}
+
+fn label_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let labels = BTreeMap::<String, String>::deserialize(d)?;
+    for (name, value) in &labels {
+        if !is_label_name(name) {
+            return Err(de::Error::custom(format!(
+                "`{name}` is not a label name (letters, digits, `_` and `.`, not starting with a digit)"
+            )));
+        }
+        if !is_label_value(value) {
+            return Err(de::Error::custom(format!(
+                "label `{name}`: `{value}` must not be empty or hold `,{{}}=\"` or spaces"
+            )));
+        }
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> AgentConfig {
+        parse(text, Path::new("agent.toml")).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, Path::new("agent.toml"))
+            .expect_err("the config is refused")
+            .to_string()
+    }
+
+    /// An empty file gives the documented defaults: 19 Hz cycles in 10-second windows,
+    /// HTTP on 127.0.0.1:6060, no push and no directory.
+    #[test]
+    fn defaults() {
+        let config = parse_ok("");
+        assert_eq!(config.frequency, 19);
+        assert_eq!(config.window(), Duration::from_secs(10));
+        assert_eq!(config.events[0].name(), "cycles");
+        assert!(config.http.enabled);
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:6060");
+        assert!(config.push.is_none() && config.dir.is_none());
+    }
+
+    /// Every section is read.
+    #[test]
+    fn full_file() {
+        let config = parse_ok(
+            r#"
+log = "prof=debug"
+events = ["cpu-clock", "page-faults:u"]
+frequency = 49
+window_seconds = 5
+
+[http]
+listen = "0.0.0.0:7070"
+max_seconds = 30
+
+[push]
+url = "http://pyroscope:4040/"
+app_name = "fleet"
+labels = { env = "prod", region = "eu-1" }
+queue = 4
+
+[dir]
+path = "/var/lib/prof"
+max_files = 10
+"#,
+        );
+        assert_eq!(config.events.len(), 2);
+        assert_eq!(config.http.listen.port(), 7070);
+        let push = config.push.unwrap();
+        assert_eq!(push.url, "http://pyroscope:4040");
+        assert_eq!(push.labels["region"], "eu-1");
+        assert_eq!(push.queue, 4);
+        assert_eq!(push.timeout_seconds, 10);
+        let dir = config.dir.unwrap();
+        assert_eq!((dir.max_files, dir.max_bytes), (10, 256 << 20));
+    }
+
+    /// Errors name the file, the line and the key, whether the key is unknown, the value
+    /// has the wrong type, or the value is out of range.
+    #[test]
+    fn errors_name_key_and_line() {
+        let err = parse_err("frequency = 19\nfrequncy = 20\n");
+        assert!(
+            err.starts_with("agent.toml:2: `frequncy`: unknown field"),
+            "{err}"
+        );
+        let err = parse_err("\n[http]\nlisten = \"localhost\"\n");
+        assert!(
+            err.starts_with("agent.toml:3: `http.listen`: `localhost` is not"),
+            "{err}"
+        );
+        let err = parse_err("window_seconds = 0\n");
+        assert!(
+            err.contains(":1: `window_seconds`: must be at least 1"),
+            "{err}"
+        );
+        let err = parse_err("frequency = \"fast\"\n");
+        assert!(err.contains(":1: `frequency`: invalid type"), "{err}");
+        let err = parse_err("events = [\"cpu-clok\"]\n");
+        assert!(err.contains("`events`: unknown event `cpu-clok`"), "{err}");
+        let err = parse_err("[push]\nurl = \"https://x\"\n");
+        assert!(
+            err.contains(":2: `push.url`:") && err.contains("plain HTTP"),
+            "{err}"
+        );
+        let err = parse_err("[push]\nurl = \"http://x\"\nlabels = { \"bad name\" = \"v\" }\n");
+        assert!(err.contains(":3: `push.labels`:"), "{err}");
+        let err = parse_err("[dir]\nmax_files = 3\n");
+        assert!(err.contains("missing field `path`"), "{err}");
+        let err = parse_err("frequency = 19\n[http\n");
+        assert!(err.starts_with("agent.toml:2:"), "{err}");
+    }
+}

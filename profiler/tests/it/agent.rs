@@ -1,0 +1,526 @@
+//! `prof agent`: a real agent sampling the whole machine, read over HTTP by `go tool pprof`,
+//! pushing to a stand-in for Pyroscope's `/ingest`, writing its directory, losing samples to
+//! full maps without failing, flushing on SIGTERM, refusing bad configs and bad queries.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, sleep};
+use std::time::{Duration, Instant};
+
+use prof::export::pprof;
+use prof::profile::Profile;
+
+use crate::record::stop;
+use crate::report::go;
+use crate::{describe, prof, serial, workload};
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `prof agent`, killed if the test fails.
+struct Agent {
+    child: Option<Child>,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Agent {
+    /// Starts `prof agent --listen 127.0.0.1:<free port> <args>` and waits until it serves.
+    fn start(args: &[&str]) -> Agent {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = prof()
+            .arg("agent")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .env("RUST_LOG", "prof=debug")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let agent = Agent {
+            child: Some(child),
+            port,
+            log,
+        };
+        agent.wait_for(
+            "the agent to serve /healthz",
+            Duration::from_secs(30),
+            |a| a.get("/healthz").0 == 200,
+        );
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// GETs `path`: (status, body); status 0 if the agent does not answer.
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        match agent
+            .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .call()
+        {
+            Ok(mut response) => (
+                response.status().as_u16(),
+                response.body_mut().read_to_vec().unwrap(),
+            ),
+            Err(_) => (0, Vec::new()),
+        }
+    }
+
+    /// Every sample of `/metrics`, by name with labels.
+    fn metrics(&self) -> HashMap<String, f64> {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "/metrics answers");
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let metrics = self.metrics();
+        *metrics
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} in /metrics: {metrics:?}"))
+    }
+
+    /// Polls `done` until it holds, failing after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Agent) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; agent log:\n{}",
+                self.log()
+            );
+            sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "the agent exits after SIGTERM");
+            sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the stand-in receiver got: each request's URL and body.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A stand-in for Pyroscope's `POST /ingest`: keeps every request's URL and body.
+struct Ingest {
+    server: Arc<tiny_http::Server>,
+    received: Received,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ingest {
+    fn start(port: u16) -> Ingest {
+        let server = Arc::new(tiny_http::Server::http(("127.0.0.1", port)).unwrap());
+        let received: Received = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let server = Arc::clone(&server);
+            let received = Arc::clone(&received);
+            std::thread::spawn(move || {
+                for mut request in server.incoming_requests() {
+                    let mut body = Vec::new();
+                    std::io::Read::read_to_end(request.as_reader(), &mut body).unwrap();
+                    let ok = *request.method() == tiny_http::Method::Post
+                        && request.url().starts_with("/ingest?");
+                    received
+                        .lock()
+                        .unwrap()
+                        .push((request.url().to_owned(), body));
+                    let _ = request.respond(tiny_http::Response::empty(if ok { 200 } else { 404 }));
+                }
+            })
+        };
+        Ingest {
+            server,
+            received,
+            thread: Some(thread),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.server.server_addr().to_ip().unwrap().port()
+    }
+
+    fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    fn requests(&self) -> Vec<(String, Vec<u8>)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Stops listening: the port refuses connections until a new receiver binds it.
+    fn stop(mut self) {
+        self.server.unblock();
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+/// The query parameters of a URL.
+fn query(url: &str) -> HashMap<String, String> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The samples of `profile`'s first event whose stacks contain `function`, with the labels
+/// of the first such stack.
+fn samples_in(profile: &Profile, function: &str) -> (u64, Option<prof::profile::Labels>) {
+    let mut samples = 0;
+    let mut labels = None;
+    for (stack, value) in &profile.events[0].stacks {
+        if profile
+            .frame_names(stack, false)
+            .iter()
+            .any(|name| name == function)
+        {
+            samples += value.samples;
+            labels.get_or_insert_with(|| profile.labels.get(stack.labels).clone());
+        }
+    }
+    (samples, labels)
+}
+
+fn extra<'a>(labels: &'a prof::profile::Labels, key: &str) -> Option<&'a str> {
+    labels
+        .extra
+        .iter()
+        .find(|(k, _)| &**k == key)
+        .map(|(_, v)| &**v)
+}
+
+/// Starts `workload` with `args`, quietly.
+fn spawn(binary: &Path, args: &[&str]) -> Child {
+    Command::new(binary)
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the workload starts")
+}
+
+/// `go tool pprof`, reading `/debug/pprof/profile?seconds=2` as it would from a Go program,
+/// finds a busy workload's hot function.
+#[test]
+fn go_tool_pprof_reads_the_profile_endpoint() {
+    let _serial = serial();
+    let busy = spawn(&workload("forever"), &["60"]);
+    let agent = Agent::start(&["-F", "49"]);
+    let url = format!(
+        "http://127.0.0.1:{}/debug/pprof/profile?seconds=2",
+        agent.port
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let output = go()
+        .env("PPROF_TMPDIR", tmp.path())
+        .args(["tool", "pprof", "-raw", "-symbolize=none", &url])
+        .output()
+        .unwrap();
+    stop(busy);
+    assert!(output.status.success(), "{}", describe(&output));
+    let raw = String::from_utf8_lossy(&output.stdout);
+    assert!(raw.contains("forever_hot"), "forever_hot in:\n{raw}");
+    assert!(raw.contains("comm:[forever]"), "the comm label in:\n{raw}");
+    assert_eq!(agent.metric("prof_agent_profile_requests_total"), 1.0);
+    let (status, log) = agent.terminate();
+    assert!(status.success(), "{log}");
+}
+
+/// Windows are pushed to `/ingest` with Pyroscope's query parameters and a pprof body that
+/// holds the workload with its labels. While the receiver is down the agent goes on
+/// sampling, the queue stays within its bound and drops are counted; when the receiver is
+/// back, pushing resumes.
+#[test]
+fn pushes_to_ingest_and_survives_an_outage() {
+    let _serial = serial();
+    let forever = workload("forever");
+    let busy = spawn(&forever, &["120"]);
+    let ingest = Ingest::start(0);
+    let port = ingest.port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "frequency = 49\nwindow_seconds = 2\n\n[push]\nurl = \"http://127.0.0.1:{port}\"\n\
+             app_name = \"ci\"\nlabels = {{ env = \"test\" }}\nqueue = 2\ntimeout_seconds = 2\n"
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    agent.wait_for("two pushes", Duration::from_secs(30), |_| {
+        ingest.count() >= 2
+    });
+
+    let requests = ingest.requests();
+    let (url, body) = &requests[1];
+    let params = query(url);
+    assert!(url.starts_with("/ingest?"), "{url}");
+    let name = &params["name"];
+    assert!(
+        name.starts_with("ci{env=test,hostname=") && name.ends_with('}'),
+        "{name}"
+    );
+    assert_eq!(params["format"], "pprof");
+    assert_eq!(params["sampleRate"], "49");
+    assert_eq!(params["spyName"], "prof");
+    let from: u64 = params["from"].parse().unwrap();
+    let until: u64 = params["until"].parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Unix seconds of a window of about 2 s (longer when closing the first windows, which
+    // parses every binary, is slow).
+    assert!(
+        from <= until && until - from <= 10 && now.abs_diff(until) < 60,
+        "{from}..{until} at {now}"
+    );
+    let profile = pprof::decode_bytes(body).unwrap();
+    let (samples, labels) = samples_in(&profile, "forever_hot");
+    assert!(samples > 0, "forever_hot is in the pushed window");
+    let labels = labels.unwrap();
+    assert_eq!(labels.pid, Some(busy.id()));
+    assert_eq!(labels.comm.as_deref(), Some("forever"));
+    assert_eq!(extra(&labels, "executable"), forever.to_str());
+
+    // The receiver goes away.
+    ingest.stop();
+    let windows = agent.metric("prof_agent_windows_total");
+    let samples = agent.metric("prof_agent_samples_total{event=\"cpu-clock\"}");
+    agent.wait_for("dropped windows", Duration::from_secs(40), |a| {
+        a.metric("prof_agent_dropped_windows_total") >= 2.0
+    });
+    let metrics = agent.metrics();
+    assert!(
+        metrics["prof_agent_push_failures_total"] >= 1.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics["prof_agent_push_queue_windows"] <= 2.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics["prof_agent_windows_total"] >= windows + 3.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics["prof_agent_samples_total{event=\"cpu-clock\"}"] > samples,
+        "{metrics:?}"
+    );
+
+    // It comes back on the same port.
+    let ingest = Ingest::start(port);
+    agent.wait_for("pushing to resume", Duration::from_secs(60), |_| {
+        ingest.count() >= 2
+    });
+    let (_, body) = &ingest.requests()[0];
+    assert!(pprof::decode_bytes(body).is_ok());
+    stop(busy);
+    let (status, log) = agent.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("pushing works again"), "{log}");
+    ingest.stop();
+}
+
+/// With maps far too small for a whole machine, samples are counted as lost, by reason,
+/// and the agent goes on serving.
+#[test]
+fn full_maps_are_counted_not_fatal() {
+    let _serial = serial();
+    let busy = spawn(&workload("forever"), &["60"]);
+    let agent = Agent::start(&[
+        "-F",
+        "199",
+        "--window",
+        "1",
+        "--stack-storage-size",
+        "4",
+        "--counts-map-size",
+        "4",
+    ]);
+    agent.wait_for("losses to both full maps", Duration::from_secs(30), |a| {
+        let metrics = a.metrics();
+        let lost = |reason: &str| {
+            metrics[&format!(
+                "prof_agent_lost_samples_total{{event=\"cpu-clock\",reason=\"{reason}\"}}"
+            )]
+        };
+        lost("counts_map_full") > 0.0 && lost("stack_map_full") > 0.0
+    });
+    let windows = agent.metric("prof_agent_windows_total");
+    agent.wait_for("more windows", Duration::from_secs(30), |a| {
+        a.metric("prof_agent_windows_total") >= windows + 2.0
+    });
+    assert_eq!(agent.get("/healthz").0, 200);
+    stop(busy);
+    let (status, log) = agent.terminate();
+    assert!(status.success(), "{log}");
+}
+
+/// SIGTERM ends the current window early and exports it everywhere (the directory and the
+/// push receiver) before a clean exit, with a process that exited during the window named.
+#[test]
+fn sigterm_flushes_the_current_window() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start(0);
+    let busy = spawn(&workload("forever"), &["60"]);
+    let agent = Agent::start(&[
+        "-F",
+        "99",
+        "--window",
+        "600",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--push",
+        &format!("http://127.0.0.1:{}", ingest.port()),
+    ]);
+    let exited = Command::new(workload("short_lived")).status().unwrap();
+    assert!(exited.success());
+    sleep(Duration::from_secs(1));
+    let (status, log) = agent.terminate();
+    stop(busy);
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one window written: {files:?}");
+    let written = pprof::decode_bytes(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert!(samples_in(&written, "forever_hot").0 > 0, "{log}");
+    assert!(
+        samples_in(&written, "short_lived_hot").0 > 0,
+        "the exited process is symbolized"
+    );
+    let pushed = ingest.requests();
+    assert_eq!(
+        pushed.len(),
+        1,
+        "the flushed window is pushed before the exit"
+    );
+    let pushed = pprof::decode_bytes(&pushed[0].1).unwrap();
+    assert!(samples_in(&pushed, "forever_hot").0 > 0);
+    ingest.stop();
+}
+
+/// A bad config file is refused with the file, line and key, before anything is attached.
+#[test]
+fn bad_config_names_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "# prof agent\nwindow_seconds = 5\nfrequency = 0\n").unwrap();
+    let output = prof()
+        .args(["agent", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "prof: {}:3: `frequency`: must be at least 1",
+        config.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    std::fs::write(
+        &config,
+        "[http]\nlisten = \"127.0.0.1:6060\"\nlisen = \"x\"\n",
+    )
+    .unwrap();
+    let output = prof()
+        .args(["agent", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(":3: `http.lisen`: unknown field"),
+        "{stderr}"
+    );
+}
+
+/// Malformed queries get 400 with a reason, unknown paths 404, and the agent stays up.
+#[test]
+fn malformed_queries_are_400() {
+    let _serial = serial();
+    let agent = Agent::start(&["--window", "1"]);
+    for path in [
+        "/debug/pprof/profile?seconds=abc",
+        "/debug/pprof/profile?seconds=-5",
+        "/debug/pprof/profile?seconds=0",
+        "/debug/pprof/profile?seconds=1&seconds=2",
+        "/debug/pprof/profile?seconds=99999999999999999999999999",
+        "/debug/pprof/profile?secs=2",
+        "/flamegraph.svg?seconds=1.5",
+        "/flamegraph.svg?event=no-such-event",
+        "/flamegraph.svg?event=",
+        "/metrics?x",
+        "/healthz?%zz",
+    ] {
+        let (status, body) = agent.get(path);
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+        assert!(!body.is_empty(), "{path} says why");
+    }
+    assert_eq!(agent.get("/debug/pprof/heap").0, 404);
+    agent.wait_for("a window", Duration::from_secs(10), |a| {
+        a.metric("prof_agent_windows_total") >= 1.0
+    });
+    let (status, svg) = agent.get("/flamegraph.svg?seconds=5&event=cpu-clock");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&svg).contains("<svg"));
+    assert_eq!(agent.get("/healthz").0, 200);
+    let (status, log) = agent.terminate();
+    assert!(status.success(), "{log}");
+}

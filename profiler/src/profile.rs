@@ -11,7 +11,11 @@
 //! [`crate::export::folded`]. Out: read by the exporters and the summary.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// Fx hashing: these maps hold millions of small keys of the profile itself, where
+// SipHash's protection against chosen keys buys nothing and costs a third of the time.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::ops::AddAssign;
@@ -289,7 +293,7 @@ impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
             items: Vec::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
         }
     }
 }
@@ -358,7 +362,7 @@ impl EventProfile {
         EventProfile {
             name,
             unit,
-            stacks: HashMap::new(),
+            stacks: HashMap::default(),
             losses: Losses::default(),
             unknown: BTreeMap::new(),
         }
@@ -489,8 +493,8 @@ impl Profile {
     pub fn function_shares(&self, event: usize) -> Vec<FunctionShare> {
         let profile = &self.events[event];
         let total = profile.total().period.max(1) as f64;
-        let mut shares: HashMap<String, (u64, u64)> = HashMap::new();
-        let mut seen: HashSet<String> = HashSet::new();
+        let mut shares: HashMap<String, (u64, u64)> = HashMap::default();
+        let mut seen: HashSet<String> = HashSet::default();
         for (stack, value) in &profile.stacks {
             let Some(&leaf) = stack.locations.last() else {
                 continue;

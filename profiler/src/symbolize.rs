@@ -12,8 +12,9 @@
 //! batch per file. What cannot be resolved becomes an `[unknown]` location (no lines), and
 //! its reason is counted.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -94,7 +95,7 @@ impl Symbolizer {
             blazesym,
             debug_info,
             calls: Cell::new(0),
-            last_used: RefCell::new(HashMap::new()),
+            last_used: RefCell::new(HashMap::default()),
         }
     }
 
@@ -146,7 +147,7 @@ impl Symbolizer {
             event.losses.map_full = stats.map_full;
         }
         let unknown = profile.locations.intern(Location::unknown());
-        let mut labels_of: HashMap<u32, u32> = HashMap::new();
+        let mut labels_of: HashMap<u32, u32> = HashMap::default();
         for sample in &drained.samples {
             if sample.event >= profile.events.len() {
                 continue;
@@ -195,10 +196,10 @@ impl Symbolizer {
         // Pass 1: where does each unique (process, address) point?
         let mut files: Vec<(Arc<Path>, BTreeSet<u64>)> = Vec::new();
         // By the path to open; and by (process, mapping start), so each is looked up once.
-        let mut file_index: HashMap<Arc<Path>, usize> = HashMap::new();
-        let mut mapping_ids: HashMap<(u32, u64), (u32, Option<usize>)> = HashMap::new();
-        let mut build_ids: HashMap<Arc<Path>, Option<Arc<str>>> = HashMap::new();
-        let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::new();
+        let mut file_index: HashMap<Arc<Path>, usize> = HashMap::default();
+        let mut mapping_ids: HashMap<(u32, u64), (u32, Option<usize>)> = HashMap::default();
+        let mut build_ids: HashMap<Arc<Path>, Option<Arc<str>>> = HashMap::default();
+        let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::default();
         for sample in samples {
             for (depth, &ip) in sample.user.frames().iter().enumerate() {
                 let addr = lookup_address(ip, depth);
@@ -265,7 +266,7 @@ impl Symbolizer {
         // Pass 2: one batch per file.
         let call = self.calls.get() + 1;
         self.calls.set(call);
-        let mut by_file: HashMap<(usize, u64), Lines> = HashMap::new();
+        let mut by_file: HashMap<(usize, u64), Lines> = HashMap::default();
         for (file, (path, offsets)) in files.iter().enumerate() {
             self.last_used.borrow_mut().insert(Arc::clone(path), call);
             let offsets: Vec<u64> = offsets.iter().copied().collect();
@@ -335,7 +336,7 @@ impl Symbolizer {
             .collect();
         let addrs: Vec<u64> = addrs.into_iter().collect();
         if addrs.is_empty() {
-            return HashMap::new();
+            return HashMap::default();
         }
         let mapping = profile.mappings.intern(Mapping {
             file: strings.get(KERNEL_MAPPING),

@@ -5,7 +5,7 @@
 //! `/debug/pprof/profile` capture), encoded as pprof by [`Span::encode_pprof`], the one place
 //! where the agent's pprof bytes are made.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -123,7 +123,7 @@ pub fn relabel(profile: &mut Profile, mut relabel: impl FnMut(&Labels) -> Labels
         return;
     }
     for event in &mut profile.events {
-        let stacks: HashMap<Stack, _> = std::mem::take(&mut event.stacks);
+        let stacks = std::mem::take(&mut event.stacks);
         for (stack, value) in stacks {
             event.add(
                 Stack {

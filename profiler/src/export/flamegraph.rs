@@ -8,7 +8,9 @@
 //! the subtitle can say how much was pruned: a graph of 100k unique stacks then stays small
 //! enough for a browser.
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::str::FromStr;
 
@@ -139,7 +141,7 @@ pub fn prune(stacks: &BTreeMap<String, u64>, min_width: f64) -> (Vec<String>, Pr
         return (lines, pruned);
     }
     // The width of every frame: a trie over (parent node, frame name).
-    let mut nodes: HashMap<(usize, &str), usize> = HashMap::new();
+    let mut nodes: HashMap<(usize, &str), usize> = HashMap::default();
     let mut widths: Vec<u64> = vec![total];
     let mut paths: Vec<Vec<usize>> = Vec::with_capacity(stacks.len());
     for (stack, &count) in stacks {
@@ -157,13 +159,13 @@ pub fn prune(stacks: &BTreeMap<String, u64>, min_width: f64) -> (Vec<String>, Pr
         paths.push(path);
     }
     let mut counted = vec![false; widths.len()];
-    let mut kept: BTreeMap<String, u64> = BTreeMap::new();
+    let mut kept: Vec<(Cow<'_, str>, u64)> = Vec::with_capacity(stacks.len());
     for ((stack, &count), path) in stacks.iter().zip(&paths) {
         let cut = path
             .iter()
             .position(|&node| (widths[node] as f64) < threshold);
         let Some(cut) = cut else {
-            *kept.entry(stack.clone()).or_default() += count;
+            kept.push((Cow::Borrowed(stack), count));
             continue;
         };
         pruned.count += count;
@@ -175,10 +177,26 @@ pub fn prune(stacks: &BTreeMap<String, u64>, min_width: f64) -> (Vec<String>, Pr
         }
         if cut > 0 {
             let prefix: Vec<&str> = stack.split(';').take(cut).collect();
-            *kept.entry(prefix.join(";")).or_default() += count;
+            kept.push((Cow::Owned(prefix.join(";")), count));
         }
     }
-    let lines = kept.iter().map(|(s, c)| format!("{s} {c}")).collect();
+    // Cut stacks may now equal others, and fall out of order: sort once, merge neighbours.
+    kept.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut lines: Vec<String> = Vec::with_capacity(kept.len());
+    let mut last: Option<(Cow<'_, str>, u64)> = None;
+    for (stack, count) in kept {
+        match &mut last {
+            Some((previous, total)) if *previous == stack => *total += count,
+            _ => {
+                if let Some((stack, total)) = last.replace((stack, count)) {
+                    lines.push(format!("{stack} {total}"));
+                }
+            }
+        }
+    }
+    if let Some((stack, total)) = last {
+        lines.push(format!("{stack} {total}"));
+    }
     (lines, pruned)
 }
 

@@ -90,14 +90,14 @@ pub fn stacks(profile: &Profile, event: usize, per_pid: bool) -> BTreeMap<String
     // Each location's names, joined once.
     let mut joined: Vec<Option<String>> = vec![None; profile.locations.len()];
     let mut roots: Vec<Option<Option<String>>> = vec![None; profile.labels.len()];
-    let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+    let mut lines: Vec<(String, u64)> = Vec::with_capacity(profile.events[event].stacks.len());
     for (stack, value) in &profile.events[event].stacks {
         if value.period == 0 {
             continue;
         }
-        let mut line = String::new();
         let root = roots[stack.labels as usize]
             .get_or_insert_with(|| profile.labels.get(stack.labels).root_frame(per_pid));
+        let mut line = String::with_capacity(64 * (stack.locations.len() + 1));
         if let Some(root) = root {
             line.push_str(root);
         }
@@ -109,9 +109,19 @@ pub fn stacks(profile: &Profile, event: usize, per_pid: bool) -> BTreeMap<String
             }
             line.push_str(names);
         }
-        *merged.entry(line).or_default() += value.period;
+        lines.push((line, value.period));
     }
-    merged
+    // One sort, then a merge of equal neighbours, is far cheaper than inserting long
+    // strings one by one into a tree; collecting sorted pairs into a BTreeMap is linear.
+    lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Vec<(String, u64)> = Vec::with_capacity(lines.len());
+    for (line, count) in lines {
+        match merged.last_mut() {
+            Some((last, total)) if *last == line => *total += count,
+            _ => merged.push((line, count)),
+        }
+    }
+    merged.into_iter().collect()
 }
 
 #[cfg(test)]

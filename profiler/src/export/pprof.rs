@@ -10,7 +10,7 @@
 //! shows time and `-sample_index=cpu-clock/samples` the samples. Samples carry `pid` and
 //! `comm` labels; the losses go into the comments, one parseable line per event.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -333,7 +333,7 @@ pub fn encode(profile: &Profile) -> proto::Profile {
     }
     let mut kernel_mapping = None;
 
-    let mut functions: HashMap<(&str, Option<&str>), u64> = HashMap::new();
+    let mut functions: HashMap<(&str, Option<&str>), u64> = HashMap::default();
     for (id, location) in profile.locations.iter() {
         let mapping_id = match location.mapping {
             Some(mapping) => u64::from(mapping) + 1,
@@ -386,7 +386,7 @@ pub fn encode(profile: &Profile) -> proto::Profile {
 
     // One pprof sample per stack, with the values of every event.
     let types = message.sample_type.len();
-    let mut samples: HashMap<&Stack, Vec<i64>> = HashMap::new();
+    let mut samples: HashMap<&Stack, Vec<i64>> = HashMap::default();
     for (index, event) in profile.events.iter().enumerate() {
         for (stack, value) in &event.stacks {
             let values = samples.entry(stack).or_insert_with(|| vec![0; types]);
@@ -398,7 +398,7 @@ pub fn encode(profile: &Profile) -> proto::Profile {
     samples.sort_by(|a, b| (a.0.labels, &a.0.locations).cmp(&(b.0.labels, &b.0.locations)));
     let pid_key = strings.get("pid");
     let comm_key = strings.get("comm");
-    let mut label_cache: HashMap<u32, Vec<proto::Label>> = HashMap::new();
+    let mut label_cache: HashMap<u32, Vec<proto::Label>> = HashMap::default();
     for (stack, value) in samples {
         let label = label_cache
             .entry(stack.labels)
@@ -528,7 +528,7 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
         events,
         ..Profile::default()
     };
-    let mut mapping_ids: HashMap<u64, u32> = HashMap::new();
+    let mut mapping_ids: HashMap<u64, u32> = HashMap::default();
     let mut kernel_mappings: Vec<u64> = Vec::new();
     for mapping in &message.mapping {
         let file = string(mapping.filename, "a mapping's file name")?;
@@ -550,7 +550,7 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
             )));
         }
     }
-    let mut functions: HashMap<u64, (&str, Option<&str>)> = HashMap::new();
+    let mut functions: HashMap<u64, (&str, Option<&str>)> = HashMap::default();
     for function in &message.function {
         let name = string(function.name, "a function's name")?;
         let name = if name.is_empty() {
@@ -567,7 +567,7 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
             )));
         }
     }
-    let mut location_ids: HashMap<u64, u32> = HashMap::new();
+    let mut location_ids: HashMap<u64, u32> = HashMap::default();
     for location in &message.location {
         let mapping = match location.mapping_id {
             0 => None,

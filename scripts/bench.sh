@@ -28,7 +28,8 @@ if [ -n "$packages" ]; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages
 fi
 
-cargo build --release --bin prof -p prof-benches --bins
+cargo build --release -p prof --bin prof
+cargo build --release -p prof-benches --bins
 if [ -n "$sudo" ]; then
     export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E"
 fi

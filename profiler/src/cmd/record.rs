@@ -5,13 +5,11 @@
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use signal_hook::consts::{SIGINT, SIGTERM};
 
 use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats};
 use prof::events::{self, Event};
@@ -19,11 +17,12 @@ use prof::export::{self, OutputFile, flamegraph};
 use prof::perf::{self, Sampling};
 use prof::procs::{self, ProcessTable, TimedEvent};
 use prof::profile::{Profile, SamplingCost};
-use prof::sideband::SideBandReader;
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::text::thousands;
 use prof::workload::{self, Workload};
 use prof::{cpus, drain, privilege, summary};
+
+use crate::cmd::{start_side_band, stop_on_signals};
 
 /// What to record.
 #[derive(Debug)]
@@ -103,18 +102,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     }
 
     // Ctrl-C and SIGTERM end the recording; a second one ends prof at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    let stop = stop_on_signals()?;
 
     // The side band starts first, so that no fork, exec or mmap of a target is missed.
-    let samplers = cpus
-        .iter()
-        .map(|&cpu| perf::open_side_band(cpu))
-        .collect::<Result<Vec<_>, _>>()?;
-    let side_band = SideBandReader::spawn(samplers);
+    let side_band = start_side_band(&cpus)?;
 
     let mut workload = match &config.target {
         Target::Command { argv, .. } => Some(Workload::prepare(argv)?),

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use signal_hook::consts::{SIGINT, SIGTERM};
 
 use prof::agent::config::AgentConfig;
 use prof::agent::labels::LabelCache;
@@ -37,6 +36,7 @@ use prof::symbolize::{EventInfo, Symbolizer};
 use prof::{cpus, privilege};
 
 use crate::cmd::record::{check_sample_rate, with_permission_hint_for};
+use crate::cmd::{start_side_band, stop_on_signals};
 
 /// How long to let in-flight BPF programs and the side band catch up after a flip: samples
 /// being counted during the flip finish within microseconds, and the side band publishes a
@@ -148,17 +148,8 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         false => None,
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
-
-    let samplers = cpus
-        .iter()
-        .map(|&cpu| perf::open_side_band(cpu))
-        .collect::<Result<Vec<_>, _>>()?;
-    let side_band = SideBandReader::spawn(samplers);
+    let stop = stop_on_signals()?;
+    let side_band = start_side_band(&cpus)?;
     let snapshot_time = procs::monotonic_now();
     let snapshots: Vec<TimedEvent> = procs::snapshot_all()
         .into_iter()

@@ -22,7 +22,7 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized};
 
 use crate::drain::{Drained, RawSample, RawStack};
-use crate::events::Unit;
+use crate::events::{Event, Unit};
 use crate::procs::{self, Backing, ProcessTable, openable_path};
 use crate::profile::{
     EventProfile, KERNEL_MAPPING, Labels, Line, Location, Mapping, Profile, Stack, UnknownReason,
@@ -73,6 +73,15 @@ pub struct EventInfo {
     pub name: String,
     /// What its periods count.
     pub unit: Unit,
+}
+
+impl From<&Event> for EventInfo {
+    fn from(event: &Event) -> EventInfo {
+        EventInfo {
+            name: event.name(),
+            unit: event.unit(),
+        }
+    }
 }
 
 impl Symbolizer {

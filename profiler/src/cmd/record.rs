@@ -220,13 +220,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         "process table built"
     );
     let stage = Instant::now();
-    let infos: Vec<EventInfo> = events
-        .iter()
-        .map(|e| EventInfo {
-            name: e.name(),
-            unit: e.unit(),
-        })
-        .collect();
+    let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
     let profile = Profile {
         start: Some(started_at),
         duration,

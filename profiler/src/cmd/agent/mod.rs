@@ -183,13 +183,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     );
 
     let (requests, inbox) = crossbeam_channel::unbounded();
-    let infos: Vec<EventInfo> = events
-        .iter()
-        .map(|e| EventInfo {
-            name: e.name(),
-            unit: e.unit(),
-        })
-        .collect();
+    let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
     let event_profiles: Vec<EventProfile> = infos
         .iter()
         .map(|e| EventProfile::new(e.name.clone(), e.unit))

@@ -6,6 +6,7 @@
 //!   bpf_cookie that says which event fired and which stacks to take;
 //! - [`targets`]: the raw tracepoints that keep the target set current across fork and exit;
 //! - [`maps`]: reading and clearing what the programs counted, in two generations;
+//! - [`unwind`]: the maps of the table-driven user-stack walk;
 //! - [`cost`]: BPF run-time statistics, prof's own cost;
 //! - [`sys`]: the raw `bpf()` calls aya does not offer;
 //! - [`abi`]: the layouts shared with the C side, checked against the compiled object.
@@ -20,6 +21,7 @@ pub mod maps;
 pub mod sampling;
 pub mod sys;
 pub mod targets;
+pub mod unwind;
 
 use std::io;
 
@@ -37,6 +39,7 @@ pub use abi::{
 pub use cost::{RunStats, RunStatsGuard, enable_run_stats};
 pub use maps::{EventStats, Generation, KernelStats};
 pub use sampling::PerfLink;
+pub use unwind::{UnwindMaps, UnwindSizes};
 
 /// How to load the program.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +53,9 @@ pub struct BpfConfig {
     /// Size both generations of the counts and stack maps, so that sampling can go on in one
     /// while the other is drained (the agent). Otherwise only generation 0 is usable.
     pub double_buffer: bool,
+    /// Walk user stacks with unwind tables, with maps of these sizes; `None`: frame pointers
+    /// only (`--unwind fp`).
+    pub unwind: Option<UnwindSizes>,
 }
 
 /// What went wrong on the BPF side.
@@ -89,6 +95,14 @@ pub enum BpfError {
         /// The errno.
         source: io::Error,
     },
+    /// Mapping a BPF map into memory failed.
+    #[error("mmap of BPF map `{map}` failed")]
+    Mmap {
+        /// The map's name.
+        map: &'static str,
+        /// The errno.
+        source: io::Error,
+    },
     /// `bpf(BPF_ENABLE_STATS)` failed.
     #[error("turning on BPF run-time statistics (bpf BPF_ENABLE_STATS) failed")]
     EnableStats(#[source] io::Error),
@@ -102,7 +116,10 @@ impl BpfError {
         if let BpfError::Perf(err) = self {
             return Some(err.io_error());
         }
-        if let BpfError::EnableStats(err) | BpfError::Link { source: err, .. } = self {
+        if let BpfError::EnableStats(err)
+        | BpfError::Link { source: err, .. }
+        | BpfError::Mmap { source: err, .. } = self
+        {
             return Some(err);
         }
         while let Some(err) = source {
@@ -133,6 +150,7 @@ pub struct BpfProfiler {
     ebpf: Ebpf,
     links: Vec<PerfLink>,
     generation: Generation,
+    unwind: Option<UnwindMaps>,
 }
 
 impl BpfProfiler {
@@ -147,8 +165,19 @@ impl BpfProfiler {
         } else {
             (1, 1)
         };
+        let unwind_tables = u8::from(config.unwind.is_some());
+        // Unused unwind maps get one entry each: they reserve nothing.
+        let sizes = config.unwind.unwrap_or(UnwindSizes {
+            rows: 1,
+            files: 1,
+            processes: 1,
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global("filter_tgids", &filter, true)
+            .override_global("unwind_tables", &unwind_tables, true)
+            .map_max_entries(unwind::ROWS, sizes.rows)
+            .map_max_entries(unwind::FILES, sizes.files)
+            .map_max_entries(unwind::PROCS, sizes.processes)
             .map_max_entries("stacks_0", config.stack_storage_size)
             .map_max_entries("counts_0", config.counts_map_size)
             .map_max_entries("stacks_1", second_stacks)
@@ -157,11 +186,27 @@ impl BpfProfiler {
             .map_max_entries("targets", if config.filter_tgids { TARGETS } else { 1 })
             .load(PROGRAM_OBJECT)?;
         sampling::load(&mut ebpf)?;
+        let unwind = match config.unwind {
+            Some(sizes) => {
+                let mut take = |name| ebpf.take_map(name).expect("the object defines the map");
+                let (rows, files, procs) =
+                    (take(unwind::ROWS), take(unwind::FILES), take(unwind::PROCS));
+                Some(UnwindMaps::new(rows, files, procs, sizes)?)
+            }
+            None => None,
+        };
         Ok(BpfProfiler {
             ebpf,
             links: Vec::new(),
             generation: Generation::First,
+            unwind,
         })
+    }
+
+    /// The unwinder's maps, for the one who keeps the tables current; `None` without
+    /// tables, or once taken.
+    pub fn take_unwind_maps(&mut self) -> Option<UnwindMaps> {
+        self.unwind.take()
     }
 
     /// The map `name`, which the object defines.

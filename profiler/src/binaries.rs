@@ -1,0 +1,261 @@
+//! Binaries: where to read a process's mapped file from, and its separate debug file.
+//!
+//! In: a process of the [`ProcessTable`](crate::procs::ProcessTable) and one of its
+//! mappings. Out: a path that opens, from prof's own mount namespace, the very file the
+//! process mapped ([`locate`]), or why there is none; and for a binary, the separate debug
+//! file that holds its full symbol table ([`find_debug_file`]).
+//!
+//! A live process in prof's mount namespace maps files by the paths prof sees. One in
+//! another mount namespace (a container) is read through `/proc/<pid>/map_files/` (the
+//! mapped file itself, even if deleted) or `/proc/<pid>/root/`. After a process exits, only
+//! the path is left: it is used when the file there still has the build id (or device and
+//! inode) that the side band or `/proc` recorded, so that neither a rebuilt binary nor the
+//! host's copy of a container's library is taken for the one that ran.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use object::read::ReadCache;
+use object::{Object, ObjectSegment};
+
+use crate::procs::{Backing, FileId, Mapping, Process};
+use crate::profile::UnknownReason;
+
+/// Where a process's mapped file can be read.
+pub fn locate(
+    tgid: u32,
+    process: &Process,
+    mapping: &Mapping,
+    same_mount_namespace: &mut dyn FnMut(u32) -> bool,
+) -> Result<PathBuf, UnknownReason> {
+    let Backing::File(path) = &mapping.backing else {
+        return Err(UnknownReason::FileUnreadable);
+    };
+    let alive = !process.exited && Path::new(&format!("/proc/{tgid}")).exists();
+    if alive {
+        if same_mount_namespace(tgid) && path.exists() {
+            return Ok(path.to_path_buf());
+        }
+        let mapped = PathBuf::from(format!(
+            "/proc/{tgid}/map_files/{:x}-{:x}",
+            mapping.start, mapping.end
+        ));
+        if mapped.exists() {
+            return Ok(mapped);
+        }
+        let under_root = Path::new("/proc")
+            .join(tgid.to_string())
+            .join("root")
+            .join(path.strip_prefix("/").unwrap_or(path));
+        if under_root.exists() {
+            return Ok(under_root);
+        }
+    }
+    if !path.exists() {
+        return Err(UnknownReason::FileUnreadable);
+    }
+    if is_the_mapped_file(path, mapping) {
+        Ok(path.to_path_buf())
+    } else {
+        Err(UnknownReason::FileChanged)
+    }
+}
+
+/// Whether the file at `path` is the one `mapping` recorded: the same build id, else the
+/// same device and inode; a mapping that recorded neither cannot be checked and is taken.
+fn is_the_mapped_file(path: &Path, mapping: &Mapping) -> bool {
+    if let Some(recorded) = &mapping.build_id {
+        return match blazesym::helper::read_elf_build_id(path) {
+            Ok(Some(id)) => *id == **recorded,
+            _ => false,
+        };
+    }
+    if let Some(recorded) = mapping.file_id {
+        return FileId::of(path).is_some_and(|id| id == recorded);
+    }
+    true
+}
+
+/// Whether live process `tgid` sees the same mounts as prof.
+pub fn shares_mount_namespace(tgid: u32) -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/mnt");
+    let theirs = std::fs::read_link(format!("/proc/{tgid}/ns/mnt"));
+    matches!((ours, theirs), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Directories searched for separate debug files, as gdb and Debian (`*-dbg` packages)
+/// place them.
+const DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
+
+/// A separate debug file, and how to find addresses of its binary in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebugFile {
+    /// The debug file.
+    pub path: PathBuf,
+    /// The binary's loadable segments: (file offset, file size, virtual address). A debug
+    /// file keeps the binary's addresses but not its file layout, so file offsets are
+    /// turned into addresses with the binary's own segments.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl DebugFile {
+    /// The virtual address (as the debug file's symbols give them) of `file_offset` in the
+    /// binary.
+    pub fn address_of(&self, file_offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(offset, size, _)| offset <= file_offset && file_offset < offset + size)
+            .map(|&(offset, _, address)| file_offset - offset + address)
+    }
+}
+
+/// The separate debug file of the binary read at `opened` (mapped as `path` by a process
+/// whose root is `root`, when it is not prof's): by build id in `.build-id/xx/….debug`, or
+/// by the name and checksum in its `.gnu_debuglink`, where gdb would look for them. The
+/// process's own debug directories are tried before this machine's; a build id match is
+/// proof enough for either.
+pub fn find_debug_file(opened: &Path, path: &Path, root: Option<&Path>) -> Option<DebugFile> {
+    let file = File::open(opened).ok()?;
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let build_id = elf.build_id().ok().flatten().map(<[u8]>::to_vec);
+    let debuglink = elf
+        .gnu_debuglink()
+        .ok()
+        .flatten()
+        .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc));
+    if build_id.is_none() && debuglink.is_none() {
+        return None;
+    }
+    let segments: Vec<(u64, u64, u64)> = elf
+        .segments()
+        .map(|segment| {
+            let (offset, size) = segment.file_range();
+            (offset, size, segment.address())
+        })
+        .filter(|&(_, size, _)| size > 0)
+        .collect();
+    let roots: Vec<PathBuf> = root
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain([PathBuf::from("/")])
+        .collect();
+    let found = |candidate: PathBuf, crc: Option<u32>| {
+        let matches = match (&build_id, crc) {
+            (Some(id), _) => blazesym::helper::read_elf_build_id(&candidate)
+                .ok()
+                .flatten()
+                .is_some_and(|found| *found == **id),
+            (None, Some(crc)) => {
+                std::fs::read(&candidate).is_ok_and(|bytes| crc32fast::hash(&bytes) == crc)
+            }
+            (None, None) => false,
+        };
+        matches.then(|| DebugFile {
+            path: candidate,
+            segments: segments.clone(),
+        })
+    };
+    if let Some(id) = &build_id
+        && id.len() >= 2
+    {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        for root in &roots {
+            for dir in DEBUG_DIRS {
+                let candidate = under(root, dir)
+                    .join(".build-id")
+                    .join(&hex[..2])
+                    .join(format!("{}.debug", &hex[2..]));
+                if candidate.is_file()
+                    && let Some(debug) = found(candidate, None)
+                {
+                    return Some(debug);
+                }
+            }
+        }
+    }
+    let (name, crc) = debuglink?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    for root in &roots {
+        let mut candidates = vec![
+            under(root, dir).join(&name),
+            under(root, dir).join(".debug").join(&name),
+        ];
+        for debug_dir in DEBUG_DIRS {
+            candidates.push(under(&under(root, debug_dir), dir).join(&name));
+        }
+        for candidate in candidates {
+            if candidate.is_file()
+                && candidate != opened
+                && let Some(debug) = found(candidate, Some(crc))
+            {
+                return Some(debug);
+            }
+        }
+    }
+    None
+}
+
+/// `path`, an absolute path as a process sees it, under `root`.
+fn under(root: &Path, path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procs::snapshot;
+    use std::sync::Arc;
+
+    /// Debian's libc has its full symbol table in libc6-dbg's file under
+    /// `/usr/lib/debug/.build-id/`, found by build id; its text segment's file offsets map to
+    /// the same addresses.
+    #[test]
+    fn finds_libc_debug_file() {
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let debug = find_debug_file(libc, libc, None)
+            .expect("libc6-dbg is installed (scripts/test.sh installs it)");
+        assert!(
+            debug.path.starts_with("/usr/lib/debug/.build-id"),
+            "{debug:?}"
+        );
+        assert_eq!(debug.address_of(0x26010), Some(0x26010), "{debug:?}");
+        // This test binary has a build id but no debug file.
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(find_debug_file(&me, &me, None), None);
+    }
+
+    /// A live process of prof's namespace is read by its own path; after it exits, a path
+    /// whose file no longer has the recorded build id is refused.
+    #[test]
+    fn exited_processes_need_the_same_file() {
+        let me = std::process::id();
+        let Some(crate::procs::ProcessEvent::Snapshot { mappings, .. }) = snapshot(me) else {
+            panic!("own snapshot");
+        };
+        let exe = std::env::current_exe().unwrap();
+        let mut mapping = mappings
+            .into_iter()
+            .find(|m| m.backing == Backing::File(Arc::from(exe.as_path())))
+            .unwrap();
+        let live = Process::default();
+        let mut same = |_| true;
+        assert_eq!(locate(me, &live, &mapping, &mut same), Ok(exe.clone()));
+        let exited = Process {
+            exited: true,
+            ..Process::default()
+        };
+        assert!(mapping.file_id.is_some(), "/proc tells device and inode");
+        assert_eq!(locate(me, &exited, &mapping, &mut same), Ok(exe.clone()));
+        mapping.build_id = Some(Arc::from(&[1u8, 2, 3][..]));
+        assert_eq!(
+            locate(me, &exited, &mapping, &mut same),
+            Err(UnknownReason::FileChanged)
+        );
+        // Alive but seen from another mount namespace: its map_files entry, or its root.
+        let mut other = |_| false;
+        let through = locate(me, &live, &mapping, &mut other).unwrap();
+        assert!(through.starts_with(format!("/proc/{me}/")), "{through:?}");
+    }
+}

@@ -186,6 +186,9 @@ fn jit_frames_are_named_from_perf_maps() {
         &[
             node.into_os_string(),
             "--perf-basic-prof".into(),
+            // It also writes V8's log, into the current folder unless told otherwise.
+            "--no-logfile-per-isolate".into(),
+            format!("--logfile={}", dir.path().join("v8.log").display()).into(),
             script.into_os_string(),
             "2".into(),
         ],

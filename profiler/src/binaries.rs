@@ -2,7 +2,7 @@
 //!
 //! In: a process of the [`ProcessTable`](crate::procs::ProcessTable) and one of its
 //! mappings. Out: a path that opens, from prof's own mount namespace, the very file the
-//! process mapped ([`locate`]), or why there is none; and for a binary, the separate debug
+//! process mapped ([`Locator::locate`]), or why there is none; and for a binary, the separate debug
 //! file that holds its full symbol table ([`find_debug_file`]).
 //!
 //! A live process in prof's mount namespace maps files by the paths prof sees. One in
@@ -12,6 +12,7 @@
 //! inode) that the side band or `/proc` recorded, so that neither a rebuilt binary nor the
 //! host's copy of a container's library is taken for the one that ran.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -21,66 +22,85 @@ use object::{Object, ObjectSegment};
 use crate::procs::{Backing, FileId, Mapping, Process};
 use crate::profile::UnknownReason;
 
-/// Where a process's mapped file can be read.
-pub fn locate(
-    tgid: u32,
-    process: &Process,
-    mapping: &Mapping,
-    same_mount_namespace: &mut dyn FnMut(u32) -> bool,
-) -> Result<PathBuf, UnknownReason> {
-    let Backing::File(path) = &mapping.backing else {
-        return Err(UnknownReason::FileUnreadable);
-    };
-    let alive = !process.exited && Path::new(&format!("/proc/{tgid}")).exists();
-    if alive {
-        if same_mount_namespace(tgid) && path.exists() {
-            return Ok(path.to_path_buf());
-        }
-        let mapped = PathBuf::from(format!(
-            "/proc/{tgid}/map_files/{:x}-{:x}",
-            mapping.start, mapping.end
-        ));
-        if mapped.exists() {
-            return Ok(mapped);
-        }
-        let under_root = Path::new("/proc")
-            .join(tgid.to_string())
-            .join("root")
-            .join(path.strip_prefix("/").unwrap_or(path));
-        if under_root.exists() {
-            return Ok(under_root);
-        }
-    }
-    if !path.exists() {
-        return Err(UnknownReason::FileUnreadable);
-    }
-    if is_the_mapped_file(path, mapping) {
-        Ok(path.to_path_buf())
-    } else {
-        Err(UnknownReason::FileChanged)
-    }
+/// Finds where processes' mapped files can be read, remembering for one symbolization
+/// what it looked up: which processes share prof's mount namespace, and build ids of files.
+#[derive(Debug, Default)]
+pub struct Locator {
+    same_mounts: HashMap<u32, bool>,
+    build_ids: HashMap<PathBuf, Option<Box<[u8]>>>,
 }
 
-/// Whether the file at `path` is the one `mapping` recorded: the same build id, else the
-/// same device and inode; a mapping that recorded neither cannot be checked and is taken.
-fn is_the_mapped_file(path: &Path, mapping: &Mapping) -> bool {
-    if let Some(recorded) = &mapping.build_id {
-        return match blazesym::helper::read_elf_build_id(path) {
-            Ok(Some(id)) => *id == **recorded,
-            _ => false,
+impl Locator {
+    /// Where `mapping` of process `tgid` can be read from here, or why it cannot.
+    pub fn locate(
+        &mut self,
+        tgid: u32,
+        process: &Process,
+        mapping: &Mapping,
+    ) -> Result<PathBuf, UnknownReason> {
+        let Backing::File(path) = &mapping.backing else {
+            return Err(UnknownReason::FileUnreadable);
         };
+        let alive = !process.exited && Path::new(&format!("/proc/{tgid}")).exists();
+        if alive {
+            if self.shares_mounts(tgid) && path.exists() {
+                return Ok(path.to_path_buf());
+            }
+            let mapped = PathBuf::from(format!(
+                "/proc/{tgid}/map_files/{:x}-{:x}",
+                mapping.start, mapping.end
+            ));
+            if mapped.exists() {
+                return Ok(mapped);
+            }
+            let under_root = under(Path::new(&format!("/proc/{tgid}/root")), path);
+            if under_root.exists() {
+                return Ok(under_root);
+            }
+        }
+        if !path.exists() {
+            return Err(UnknownReason::FileUnreadable);
+        }
+        if self.is_the_mapped_file(path, mapping) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(UnknownReason::FileChanged)
+        }
     }
-    if let Some(recorded) = mapping.file_id {
-        return FileId::of(path).is_some_and(|id| id == recorded);
-    }
-    true
-}
 
-/// Whether live process `tgid` sees the same mounts as prof.
-pub fn shares_mount_namespace(tgid: u32) -> bool {
-    let ours = std::fs::read_link("/proc/self/ns/mnt");
-    let theirs = std::fs::read_link(format!("/proc/{tgid}/ns/mnt"));
-    matches!((ours, theirs), (Ok(a), Ok(b)) if a == b)
+    /// The root of live process `tgid`, when it is not prof's (its files, and debug files,
+    /// are found under it).
+    pub fn root(&mut self, tgid: u32) -> Option<PathBuf> {
+        (!self.shares_mounts(tgid)).then(|| PathBuf::from(format!("/proc/{tgid}/root")))
+    }
+
+    /// Whether live process `tgid` sees the same mounts as prof.
+    fn shares_mounts(&mut self, tgid: u32) -> bool {
+        *self.same_mounts.entry(tgid).or_insert_with(|| {
+            let ours = std::fs::read_link("/proc/self/ns/mnt");
+            let theirs = std::fs::read_link(format!("/proc/{tgid}/ns/mnt"));
+            matches!((ours, theirs), (Ok(a), Ok(b)) if a == b)
+        })
+    }
+
+    /// Whether the file at `path` is the one `mapping` recorded: the same build id, else the
+    /// same device and inode; a mapping that recorded neither cannot be checked and is
+    /// taken.
+    fn is_the_mapped_file(&mut self, path: &Path, mapping: &Mapping) -> bool {
+        if let Some(recorded) = &mapping.build_id {
+            let found = self.build_ids.entry(path.to_path_buf()).or_insert_with(|| {
+                blazesym::helper::read_elf_build_id(path)
+                    .ok()
+                    .flatten()
+                    .map(|id| Box::from(&*id))
+            });
+            return found.as_deref() == Some(&**recorded);
+        }
+        if let Some(recorded) = mapping.file_id {
+            return FileId::of(path).is_some_and(|id| id == recorded);
+        }
+        true
+    }
 }
 
 /// Directories searched for separate debug files, as gdb and Debian (`*-dbg` packages)
@@ -240,22 +260,25 @@ mod tests {
             .find(|m| m.backing == Backing::File(Arc::from(exe.as_path())))
             .unwrap();
         let live = Process::default();
-        let mut same = |_| true;
-        assert_eq!(locate(me, &live, &mapping, &mut same), Ok(exe.clone()));
+        let mut locator = Locator::default();
+        assert_eq!(locator.locate(me, &live, &mapping), Ok(exe.clone()));
         let exited = Process {
             exited: true,
             ..Process::default()
         };
         assert!(mapping.file_id.is_some(), "/proc tells device and inode");
-        assert_eq!(locate(me, &exited, &mapping, &mut same), Ok(exe.clone()));
+        assert_eq!(locator.locate(me, &exited, &mapping), Ok(exe.clone()));
         mapping.build_id = Some(Arc::from(&[1u8, 2, 3][..]));
         assert_eq!(
-            locate(me, &exited, &mapping, &mut same),
+            locator.locate(me, &exited, &mapping),
             Err(UnknownReason::FileChanged)
         );
-        // Alive but seen from another mount namespace: its map_files entry, or its root.
-        let mut other = |_| false;
-        let through = locate(me, &live, &mapping, &mut other).unwrap();
-        assert!(through.starts_with(format!("/proc/{me}/")), "{through:?}");
+        // Alive but seen from another mount namespace: its map_files entry.
+        locator.same_mounts.insert(me, false);
+        let through = locator.locate(me, &live, &mapping).unwrap();
+        assert!(
+            through.starts_with(format!("/proc/{me}/map_files/")),
+            "{through:?}"
+        );
     }
 }

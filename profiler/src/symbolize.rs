@@ -241,7 +241,7 @@ impl Symbolizer {
         let mut mapping_ids: HashMap<(u32, u64), (u32, Result<usize, UnknownReason>)> =
             HashMap::default();
         let mut build_ids: HashMap<Arc<Path>, Option<Arc<str>>> = HashMap::default();
-        let mut same_namespace: HashMap<u32, bool> = HashMap::default();
+        let mut locator = binaries::Locator::default();
         let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::default();
         let mut jit_processes: BTreeSet<u32> = BTreeSet::new();
         for sample in samples {
@@ -275,13 +275,7 @@ impl Symbolizer {
                                 };
                                 return (profile.mappings.intern(described), Err(reason));
                             };
-                            let mut shares = |tgid: u32| {
-                                *same_namespace
-                                    .entry(tgid)
-                                    .or_insert_with(|| binaries::shares_mount_namespace(tgid))
-                            };
-                            let opened = match binaries::locate(tgid, process, mapping, &mut shares)
-                            {
+                            let opened = match locator.locate(tgid, process, mapping) {
                                 Ok(opened) => Arc::<Path>::from(opened),
                                 Err(reason) => {
                                     tracing::debug!(
@@ -301,8 +295,7 @@ impl Symbolizer {
                             }
                             let file =
                                 *file_index.entry(Arc::clone(&opened)).or_insert_with(|| {
-                                    let root = (!shares(tgid))
-                                        .then(|| PathBuf::from(format!("/proc/{tgid}/root")));
+                                    let root = locator.root(tgid);
                                     files.push(FileBatch {
                                         opened,
                                         path: Arc::clone(path),

@@ -17,7 +17,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use object::read::ReadCache;
-use object::{Object, ObjectSegment};
 
 use crate::procs::{Backing, FileId, Mapping, Process};
 use crate::profile::UnknownReason;
@@ -135,26 +134,10 @@ impl DebugFile {
 /// process's own debug directories are tried before this machine's; a build id match is
 /// proof enough for either.
 pub fn find_debug_file(opened: &Path, path: &Path, root: Option<&Path>) -> Option<DebugFile> {
-    let file = File::open(opened).ok()?;
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    let build_id = elf.build_id().ok().flatten().map(<[u8]>::to_vec);
-    let debuglink = elf
-        .gnu_debuglink()
-        .ok()
-        .flatten()
-        .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc));
+    let (build_id, debuglink, segments) = debug_references(opened)?;
     if build_id.is_none() && debuglink.is_none() {
         return None;
     }
-    let segments: Vec<(u64, u64, u64)> = elf
-        .segments()
-        .map(|segment| {
-            let (offset, size) = segment.file_range();
-            (offset, size, segment.address())
-        })
-        .filter(|&(_, size, _)| size > 0)
-        .collect();
     let roots: Vec<PathBuf> = root
         .map(Path::to_path_buf)
         .into_iter()
@@ -214,6 +197,57 @@ pub fn find_debug_file(opened: &Path, path: &Path, root: Option<&Path>) -> Optio
         }
     }
     None
+}
+
+/// What a binary says of its debug file: its build id, its `.gnu_debuglink` (name and CRC),
+/// and its loadable segments (file offset, file size, address). Only the headers and these
+/// two sections are read, not the symbol tables, so this stays cheap for large binaries.
+type DebugReferences = (Option<Vec<u8>>, Option<(String, u32)>, Vec<(u64, u64, u64)>);
+
+fn debug_references(path: &Path) -> Option<DebugReferences> {
+    use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
+    let cache = ReadCache::new(File::open(path).ok()?);
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&cache).ok()?;
+    let endian = header.endian().ok()?;
+    let segments = header
+        .program_headers(endian, &cache)
+        .ok()?
+        .iter()
+        .filter(|segment| segment.p_type(endian) == object::elf::PT_LOAD)
+        .map(|segment| {
+            (
+                segment.p_offset(endian),
+                segment.p_filesz(endian),
+                segment.p_vaddr(endian),
+            )
+        })
+        .filter(|&(_, size, _)| size > 0)
+        .collect();
+    let sections = header.sections(endian, &cache).ok()?;
+    let mut build_id = None;
+    for section in sections.iter() {
+        let Ok(Some(mut notes)) = section.notes(endian, &cache) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == object::elf::ELF_NOTE_GNU
+                && note.n_type(endian) == object::elf::NT_GNU_BUILD_ID
+            {
+                build_id = Some(note.desc().to_vec());
+            }
+        }
+    }
+    let debuglink = sections
+        .section_by_name(endian, b".gnu_debuglink")
+        .and_then(|(_, section)| section.data(endian, &cache).ok())
+        .and_then(|data| {
+            let end = data.iter().position(|&b| b == 0)?;
+            let crc_at = (end + 1).next_multiple_of(4);
+            let crc = data.get(crc_at..crc_at + 4)?;
+            let crc = u32::from_le_bytes(crc.try_into().ok()?);
+            Some((String::from_utf8_lossy(&data[..end]).into_owned(), crc))
+        });
+    Some((build_id, debuglink, segments))
 }
 
 /// `path`, an absolute path as a process sees it, under `root`.

@@ -436,6 +436,7 @@ fn sigterm_flushes_the_current_window() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(files.len(), 1, "one window written: {files:?}");
+    crate::assert_backends_accept(&files[0]);
     let written = pprof::decode_bytes(&std::fs::read(&files[0]).unwrap()).unwrap();
     assert!(samples_in(&written, "forever_hot").0 > 0, "{log}");
     assert!(
@@ -448,6 +449,7 @@ fn sigterm_flushes_the_current_window() {
         1,
         "the flushed window is pushed before the exit"
     );
+    crate::assert_backends_accept_bytes(&pushed[0].1, "the pushed window");
     let pushed = pprof::decode_bytes(&pushed[0].1).unwrap();
     assert!(samples_in(&pushed, "forever_hot").0 > 0);
     ingest.stop();

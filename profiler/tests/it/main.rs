@@ -146,9 +146,17 @@ pub fn describe(output: &Output) -> String {
 /// symbols. Returns the decoded message.
 pub fn assert_backends_accept(path: &Path) -> prof::export::pprof::proto::Profile {
     let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    let message = decode_pprof(&bytes);
+    assert_backends_accept_bytes(&bytes, &path.display().to_string())
+}
+
+/// [`assert_backends_accept`] for a gzipped pprof file's bytes; `what` names it.
+pub fn assert_backends_accept_bytes(
+    bytes: &[u8],
+    what: &str,
+) -> prof::export::pprof::proto::Profile {
+    let message = decode_pprof(bytes);
     let broken = prof::export::pprof::backend_rule_violations(&message);
-    assert!(broken.is_empty(), "{}: {broken:?}", path.display());
+    assert!(broken.is_empty(), "{what}: {broken:?}");
     let types = message.sample_type_names();
     let clock = message.comment.iter().any(|&i| {
         let comment = message.text(i);

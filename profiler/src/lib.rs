@@ -22,6 +22,7 @@ pub mod perf;
 pub mod privilege;
 pub mod procs;
 pub mod profile;
+pub mod session;
 pub mod sideband;
 pub mod summary;
 pub mod symbolize;

@@ -14,15 +14,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats};
 use prof::events::{self, Event};
 use prof::export::{self, OutputFile, flamegraph};
-use prof::perf::{self, Sampling};
+use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
 use prof::profile::{Profile, SamplingCost};
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::text::thousands;
 use prof::workload::{self, Workload};
-use prof::{cpus, drain, privilege, summary};
+use prof::{drain, privilege, session, summary};
 
-use crate::cmd::{start_side_band, stop_on_signals};
+use crate::cmd::stop_on_signals;
 
 /// What to record.
 #[derive(Debug)]
@@ -74,14 +74,11 @@ enum Stop {
 /// Runs `prof record`; returns the exit code (the command's, in command mode).
 pub fn run(config: RecordConfig) -> Result<u8> {
     privilege::check("prof record")?;
-    let resolved = events::resolve(&config.events, perf::probe)?;
-    for warning in &resolved.warnings {
+    let plan = session::plan(&config.events, config.sampling, config.cpus.as_deref())?;
+    for warning in &plan.warnings {
         eprintln!("prof: warning: {warning}");
     }
-    let events = resolved.events;
-    tracing::debug!(events = ?events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
-    check_sample_rate(config.sampling)?;
-    let cpus = cpus::select(config.cpus.as_deref())?;
+    tracing::debug!(events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
     if let Target::Pids(pids) = &config.target {
         for &pid in pids {
             match procs::tgid_of(pid) {
@@ -95,7 +92,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             }
         }
     }
-    let parts: Vec<String> = events.iter().map(Event::file_name_part).collect();
+    let parts: Vec<String> = plan.events.iter().map(Event::file_name_part).collect();
     let files = export::plan(&config.outputs, &parts)?;
     for file in &files {
         export::check_writable(&file.path)?;
@@ -105,7 +102,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let stop = stop_on_signals()?;
 
     // The side band starts first, so that no fork, exec or mmap of a target is missed.
-    let side_band = start_side_band(&cpus)?;
+    let side_band = session::start_side_band(&plan)?;
 
     let mut workload = match &config.target {
         Target::Command { argv, .. } => Some(Workload::prepare(argv)?),
@@ -129,21 +126,17 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             .collect()
     };
 
-    let mut bpf = BpfProfiler::load(&BpfConfig {
-        filter_tgids: filter,
-        stack_storage_size: config.stack_storage_size,
-        counts_map_size: config.counts_map_size,
-        double_buffer: false,
-    })
+    let mut bpf = session::attach(
+        &plan,
+        &BpfConfig {
+            filter_tgids: filter,
+            stack_storage_size: config.stack_storage_size,
+            counts_map_size: config.counts_map_size,
+            double_buffer: false,
+        },
+        &targets,
+    )
     .map_err(with_permission_hint)?;
-    if filter {
-        bpf.add_targets(&targets)?;
-        bpf.follow_forks().map_err(with_permission_hint)?;
-    }
-    for (index, event) in events.iter().enumerate() {
-        bpf.attach(index, event, config.sampling, &cpus)
-            .map_err(with_permission_hint)?;
-    }
     // BPF run-time statistics measure what sampling costs; they stay on only while we record.
     let run_stats_guard = match prof::bpf::enable_run_stats() {
         Ok(guard) => Some(guard),
@@ -155,7 +148,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     bpf.enable()?;
     tracing::debug!(
         links = bpf.link_count(),
-        cpus = cpus.len(),
+        cpus = plan.cpus.len(),
         filter,
         "sampling started"
     );
@@ -170,7 +163,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         &mut workload,
         &targets,
         &bpf,
-        &events,
+        &plan.events,
         &stop,
         started,
     )?;
@@ -180,7 +173,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         Some(Ok(stats)) => Some(SamplingCost {
             run_time: stats.run_time,
             runs: stats.runs,
-            cpus: cpus.len(),
+            cpus: plan.cpus.len(),
         }),
         Some(Err(err)) => {
             tracing::debug!("no sampling cost: {:#}", anyhow::Error::new(err));
@@ -192,7 +185,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
 
     let log = side_band.stop();
     let stage = Instant::now();
-    let drained = drain::drain(&bpf, events.len())?;
+    let drained = drain::drain(&bpf, plan.events.len())?;
     tracing::debug!(entries = drained.samples.len(), elapsed = ?stage.elapsed(), "drained the counts map");
     let mut process_events: Vec<TimedEvent> = snapshots
         .into_iter()
@@ -220,7 +213,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         "process table built"
     );
     let stage = Instant::now();
-    let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
+    let infos: Vec<EventInfo> = plan.events.iter().map(EventInfo::from).collect();
     let profile = Profile {
         start: Some(started_at),
         duration,
@@ -235,26 +228,6 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     tracing::debug!(files = written.len(), elapsed = ?stage.elapsed(), "outputs written");
     eprint!("{}", summary::render(&profile, &written));
     Ok(exit_code)
-}
-
-/// `-F` above `kernel.perf_event_max_sample_rate` is refused by the kernel with a bare
-/// EINVAL; say which sysctl limits it instead.
-pub(crate) fn check_sample_rate(sampling: Sampling) -> Result<()> {
-    let Sampling::Frequency(hz) = sampling else {
-        return Ok(());
-    };
-    let path = "/proc/sys/kernel/perf_event_max_sample_rate";
-    let max: u64 = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(u64::MAX);
-    if hz > max {
-        bail!(
-            "-F {hz} is above kernel.perf_event_max_sample_rate ({max}): lower -F, or raise the \
-             limit with `sudo sysctl -w kernel.perf_event_max_sample_rate={hz}`"
-        );
-    }
-    Ok(())
 }
 
 /// Adds the privilege fix to permission errors from the kernel.

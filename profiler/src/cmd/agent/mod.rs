@@ -27,16 +27,16 @@ use prof::agent::rotation::Rotation;
 use prof::agent::window::{self, Recent, Span};
 use prof::bpf::{BpfConfig, BpfProfiler, KernelStats};
 use prof::drain::{self, Drained};
-use prof::events::{self, Event};
-use prof::perf::{self, Sampling};
+use prof::events::Event;
+use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
 use prof::profile::{EventProfile, Labels, Profile};
 use prof::sideband::{POLL_INTERVAL, SideBandReader};
 use prof::symbolize::{EventInfo, Symbolizer};
-use prof::{cpus, privilege};
+use prof::{privilege, session};
 
-use crate::cmd::record::{check_sample_rate, with_permission_hint_for};
-use crate::cmd::{start_side_band, stop_on_signals};
+use crate::cmd::record::with_permission_hint_for;
+use crate::cmd::stop_on_signals;
 
 /// How long to let in-flight BPF programs and the side band catch up after a flip: samples
 /// being counted during the flip finish within microseconds, and the side band publishes a
@@ -130,14 +130,11 @@ fn init_logging(filter: &str) {
 pub fn run(config: AgentConfig) -> Result<u8> {
     init_logging(&config.log);
     privilege::check("prof agent")?;
-    let resolved = events::resolve(&config.events, perf::probe)?;
-    for warning in &resolved.warnings {
+    let sampling = Sampling::Frequency(config.frequency);
+    let plan = session::plan(&config.events, sampling, None)?;
+    for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
-    let events = resolved.events;
-    let sampling = Sampling::Frequency(config.frequency);
-    check_sample_rate(sampling)?;
-    let cpus = cpus::select(None)?;
     if let Some(dir) = &config.dir {
         prof::export::check_writable(&dir.path.join("prof-check.pb.gz"))
             .with_context(|| format!("[dir] path `{}`", dir.path.display()))?;
@@ -149,7 +146,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     };
 
     let stop = stop_on_signals()?;
-    let side_band = start_side_band(&cpus)?;
+    let side_band = session::start_side_band(&plan)?;
     let snapshot_time = procs::monotonic_now();
     let snapshots: Vec<TimedEvent> = procs::snapshot_all()
         .into_iter()
@@ -160,21 +157,22 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         .collect();
 
     let hint = |err| with_permission_hint_for("prof agent", err);
-    let mut bpf = BpfProfiler::load(&BpfConfig {
-        filter_tgids: false,
-        stack_storage_size: config.stack_storage_size,
-        counts_map_size: config.counts_map_size,
-        double_buffer: true,
-    })
+    let mut bpf = session::attach(
+        &plan,
+        &BpfConfig {
+            filter_tgids: false,
+            stack_storage_size: config.stack_storage_size,
+            counts_map_size: config.counts_map_size,
+            double_buffer: true,
+        },
+        &[],
+    )
     .map_err(hint)?;
-    for (index, event) in events.iter().enumerate() {
-        bpf.attach(index, event, sampling, &cpus).map_err(hint)?;
-    }
     bpf.enable()?;
     tracing::info!(
-        events = ?events.iter().map(Event::name).collect::<Vec<_>>(),
+        events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(),
         hz = config.frequency,
-        cpus = cpus.len(),
+        cpus = plan.cpus.len(),
         window_seconds = config.window_seconds,
         listen = ?http.as_ref().map(|_| config.http.listen),
         push = ?config.push.as_ref().map(|p| p.url.as_str()),
@@ -183,7 +181,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     );
 
     let (requests, inbox) = crossbeam_channel::unbounded();
-    let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
+    let infos: Vec<EventInfo> = plan.events.iter().map(EventInfo::from).collect();
     let event_profiles: Vec<EventProfile> = infos
         .iter()
         .map(|e| EventProfile::new(e.name.clone(), e.unit))

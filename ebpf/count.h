@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Counting one sample, for any program type: take the stacks the cookie asks for, store each
+ * by the hash of its frames, and add the sample and its period to counts[(tgid, event,
+ * stacks)].
+ */
+#ifndef PROF_COUNT_H
+#define PROF_COUNT_H
+
+static __always_inline __u64 mix(__u64 x)
+{
+	/* The murmur3 64-bit finalizer: every input bit affects every output bit. */
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+/* A 64-bit id for the `depth` frames in `stack`, never below PROF_STACK_ID_MIN. */
+static __always_inline __u64 stack_id(const struct stack_trace *stack, __u32 depth)
+{
+	__u64 hash = 0x9e3779b97f4a7c15ULL ^ depth;
+
+	for (__u32 i = 0; i < PROF_MAX_STACK_DEPTH; i++) {
+		if (i >= depth)
+			break;
+		hash = (hash ^ mix(stack->ips[i])) * 0x100000001b3ULL;
+	}
+	hash = mix(hash);
+	return hash < PROF_STACK_ID_MIN ? hash | (1ULL << 63) : hash;
+}
+
+/*
+ * Takes the user (BPF_F_USER_STACK) or kernel (0) stack into `stack` (this CPU's scratch
+ * buffer) and stores it in `stacks` unless it is there already. Returns its id, or an errno
+ * below PROF_STACK_ID_MIN.
+ */
+static __always_inline __u64 take_stack(void *ctx, void *stacks,
+					    struct stack_trace *stack, __u64 flags)
+{
+	long bytes, err;
+	__u64 id;
+
+	/* bpf_get_stack zero-fills the rest of the buffer. */
+	bytes = bpf_get_stack(ctx, stack->ips, sizeof(stack->ips), flags);
+	if (bytes < 0)
+		return -bytes < PROF_STACK_ID_MIN ? -bytes : EFAULT;
+	if (bytes == 0)
+		return EFAULT;
+	id = stack_id(stack, bytes / sizeof(__u64));
+	if (bpf_map_lookup_elem(stacks, &id))
+		return id;
+	err = bpf_map_update_elem(stacks, &id, stack, BPF_NOEXIST);
+	/* -EEXIST: another CPU stored the same stack first. Anything else: the map is full. */
+	if (err && err != -EEXIST)
+		return E2BIG;
+	return id;
+}
+
+/* No frames on this side: not asked for, or not taken (but not lost to a full map). */
+static __always_inline int no_frames(__u64 id)
+{
+	return id < PROF_STACK_ID_MIN && id != E2BIG;
+}
+
+/*
+ * Counts one sample of `event` by `tgid`, of weight `period`, into one generation's `counts`
+ * and `stacks`. `ctx` is the program's context, which bpf_get_stack takes. `user_mode` says
+ * that the sample interrupted user code, so that there is no kernel stack to take.
+ */
+static __always_inline int count_in(void *ctx, __u64 cookie, __u32 event, __u32 tgid,
+				    __u64 period, int user_mode, void *counts, void *stacks)
+{
+	struct sample_value *value;
+	struct stack_trace *stack;
+	__u32 zero = 0;
+
+	stack = bpf_map_lookup_elem(&scratch, &zero);
+	if (!stack)
+		return 0;
+
+	struct sample_key key = {
+		.tgid = tgid,
+		.event = event,
+		.user_stack = PROF_STACK_NOT_TAKEN,
+		.kernel_stack = PROF_STACK_NOT_TAKEN,
+	};
+	if (cookie & PROF_COOKIE_USER_STACK)
+		key.user_stack = take_stack(ctx, stacks, stack, BPF_F_USER_STACK);
+	/* A sample that interrupted user code has no kernel frames: don't ask for them. */
+	if (cookie & PROF_COOKIE_KERNEL_STACK)
+		key.kernel_stack = user_mode ? EFAULT : take_stack(ctx, stacks, stack, 0);
+
+	bump(event, PROF_STAT_SAMPLES);
+	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)
+		bump(event, PROF_STAT_STACK_MAP_FULL);
+	else if (no_frames(key.user_stack) && no_frames(key.kernel_stack))
+		bump(event, PROF_STAT_NO_STACK);
+
+	value = bpf_map_lookup_elem(counts, &key);
+	if (!value) {
+		struct sample_value zero = {};
+		long err = bpf_map_update_elem(counts, &key, &zero, BPF_NOEXIST);
+
+		/* -EEXIST: another CPU inserted the same key first; use theirs. */
+		if (err && err != -EEXIST) {
+			bump(event, PROF_STAT_MAP_FULL);
+			return 0;
+		}
+		value = bpf_map_lookup_elem(counts, &key);
+		if (!value)
+			return 0;
+	}
+	__sync_fetch_and_add(&value->samples, 1);
+	__sync_fetch_and_add(&value->period, period);
+	return 0;
+}
+
+/* Counts one sample into the generation that userspace currently has samples go to. */
+static __always_inline int count_sample(void *ctx, __u64 cookie, __u32 tgid, __u64 period,
+					int user_mode)
+{
+	__u32 event = cookie & PROF_COOKIE_EVENT_MASK;
+	__u32 zero = 0;
+	__u32 *current;
+
+	if (event >= PROF_MAX_EVENTS)
+		return 0;
+	current = bpf_map_lookup_elem(&generation, &zero);
+	/* Two calls rather than one with a chosen map: each call site sees one map. */
+	if (current && *current)
+		return count_in(ctx, cookie, event, tgid, period, user_mode, &counts_1, &stacks_1);
+	return count_in(ctx, cookie, event, tgid, period, user_mode, &counts_0, &stacks_0);
+}
+
+#endif

@@ -1,0 +1,161 @@
+//! The ABI shared with the BPF side: the compiled object, the `#[repr(C)]` twins of the
+//! structs in `ebpf/profile.h`, and its constants. The test at the bottom reads the sizes,
+//! offsets and constants that clang actually produced for the BPF target (the `abi_*`
+//! globals of `ebpf/profile.bpf.c`) and compares them with Rust's.
+
+use crate::events::{Event, MAX_EVENTS};
+
+/// The compiled `ebpf/profile.bpf.c`, built by `build.rs`: every program and map of prof.
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profile.bpf.o"));
+
+/// Deepest stack the kernel hands over (`PROF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+/// Cookie bits 0..15: the event's index (`PROF_COOKIE_EVENT_MASK`).
+pub const COOKIE_EVENT_MASK: u64 = 0xffff;
+/// Cookie bit: take the user stack (`PROF_COOKIE_USER_STACK`).
+pub const COOKIE_USER_STACK: u64 = 1 << 32;
+/// Cookie bit: take the kernel stack (`PROF_COOKIE_KERNEL_STACK`).
+pub const COOKIE_KERNEL_STACK: u64 = 1 << 33;
+/// Stack id of a stack that was not asked for (`PROF_STACK_NOT_TAKEN`).
+pub const STACK_NOT_TAKEN: u64 = 0;
+/// Stack ids below this are errnos, not stacks (`PROF_STACK_ID_MIN`).
+pub const STACK_ID_MIN: u64 = 4096;
+/// Counters per event row in `stats` (`PROF_STAT_COUNT`).
+pub(crate) const STAT_COUNT: u32 = 4;
+pub(crate) const STAT_SAMPLES: u32 = 0;
+pub(crate) const STAT_STACK_MAP_FULL: u32 = 1;
+pub(crate) const STAT_NO_STACK: u32 = 2;
+pub(crate) const STAT_MAP_FULL: u32 = 3;
+/// Row of `stats` for counters not tied to an event (`PROF_GLOBAL_ROW`).
+pub(crate) const GLOBAL_ROW: u32 = MAX_EVENTS as u32;
+pub(crate) const GLOBAL_FORKS_UNTRACKED: u32 = 0;
+
+/// Key of the `counts` map (`struct sample_key`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SampleKey {
+    /// The sampled process.
+    pub tgid: u32,
+    /// Index of the event in the recording.
+    pub event: u32,
+    /// Id in the stack map (a hash of the stack), or [`STACK_NOT_TAKEN`], or an errno
+    /// below [`STACK_ID_MIN`].
+    pub user_stack: u64,
+    /// Likewise for the kernel stack.
+    pub kernel_stack: u64,
+}
+
+/// Value of the `stacks` map (`struct stack_trace`): innermost frame first, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTrace {
+    /// Instruction pointers.
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+/// Value of the `counts` map (`struct sample_value`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SampleValue {
+    /// Number of samples.
+    pub samples: u64,
+    /// Sum of the sample periods: the estimated number of events.
+    pub period: u64,
+}
+
+// SAFETY: both are repr(C) structs of plain integers without padding (checked against the
+// BPF object by `abi_matches_the_bpf_object`), so any bit pattern is a valid value.
+unsafe impl aya::Pod for SampleKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SampleValue {}
+// SAFETY: as above (an array of u64).
+unsafe impl aya::Pod for StackTrace {}
+
+/// The cookie of the link for event `index`: the index plus which stacks to take.
+pub fn cookie(index: usize, event: &Event) -> u64 {
+    let mut cookie = index as u64 & COOKIE_EVENT_MASK;
+    if event.modifiers.user {
+        cookie |= COOKIE_USER_STACK;
+    }
+    if event.modifiers.kernel {
+        cookie |= COOKIE_KERNEL_STACK;
+    }
+    cookie
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::*;
+
+    /// Reads `abi_<name>` from the compiled BPF object's .rodata.
+    fn abi(name: &str) -> u64 {
+        let file = object::File::parse(PROGRAM_OBJECT).expect("the BPF object is ELF");
+        let symbol = file
+            .symbols()
+            .find(|s| s.name() == Ok(&format!("abi_{name}")))
+            .unwrap_or_else(|| panic!("abi_{name} is in the object"));
+        let section = file
+            .section_by_index(symbol.section_index().unwrap())
+            .unwrap();
+        let data = section.data().unwrap();
+        let at = symbol.address() as usize;
+        u64::from_le_bytes(data[at..at + 8].try_into().unwrap())
+    }
+
+    /// The Rust twins of the BPF structs and constants match what clang built for the BPF
+    /// target, field by field.
+    #[test]
+    fn abi_matches_the_bpf_object() {
+        let expect = |name: &str, rust: u64| assert_eq!(abi(name), rust, "abi_{name}");
+        expect("sample_key_size", size_of::<SampleKey>() as u64);
+        expect("sample_key_tgid", offset_of!(SampleKey, tgid) as u64);
+        expect("sample_key_event", offset_of!(SampleKey, event) as u64);
+        expect(
+            "sample_key_user_stack",
+            offset_of!(SampleKey, user_stack) as u64,
+        );
+        expect(
+            "sample_key_kernel_stack",
+            offset_of!(SampleKey, kernel_stack) as u64,
+        );
+        expect("sample_value_size", size_of::<SampleValue>() as u64);
+        expect(
+            "sample_value_samples",
+            offset_of!(SampleValue, samples) as u64,
+        );
+        expect(
+            "sample_value_period",
+            offset_of!(SampleValue, period) as u64,
+        );
+        expect("max_stack_depth", MAX_STACK_DEPTH as u64);
+        expect("max_events", MAX_EVENTS as u64);
+        expect("cookie_event_mask", COOKIE_EVENT_MASK);
+        expect("cookie_user_stack", COOKIE_USER_STACK);
+        expect("cookie_kernel_stack", COOKIE_KERNEL_STACK);
+        expect("stack_trace_size", size_of::<StackTrace>() as u64);
+        expect("stack_not_taken", STACK_NOT_TAKEN);
+        expect("stack_id_min", STACK_ID_MIN);
+        expect("stat_count", u64::from(STAT_COUNT));
+        expect("stat_stack_map_full", u64::from(STAT_STACK_MAP_FULL));
+        expect("stat_no_stack", u64::from(STAT_NO_STACK));
+        expect("stat_map_full", u64::from(STAT_MAP_FULL));
+        expect("global_forks_untracked", u64::from(GLOBAL_FORKS_UNTRACKED));
+    }
+
+    /// Cookies carry the event index and the stacks the modifiers ask for.
+    #[test]
+    fn cookies() {
+        let both = Event::parse("cpu-clock").unwrap();
+        let user = Event::parse("page-faults:u").unwrap();
+        assert_eq!(
+            cookie(3, &both),
+            3 | COOKIE_USER_STACK | COOKIE_KERNEL_STACK
+        );
+        assert_eq!(cookie(1, &user), 1 | COOKIE_USER_STACK);
+    }
+}

@@ -1,0 +1,114 @@
+//! The setup that `prof record` and `prof agent` share, in the order it must happen:
+//!
+//! 1. [`plan`]: check the request against this machine before anything is attached (events
+//!    probed, the sampling rate against the kernel's limit, the CPUs online);
+//! 2. [`start_side_band`]: the side band, first, so that no fork, exec or mmap of a target is
+//!    missed (a command is started only after this);
+//! 3. [`attach`]: the BPF object loaded with its maps sized, the target set filled and kept
+//!    current, and the sampling program linked to every (CPU, event), still disabled;
+//! 4. [`BpfProfiler::enable`], by the caller, once it is ready for samples.
+//!
+//! In: the requested events, the sampling rate, the CPUs, a [`BpfConfig`] and the initial
+//! targets. Out: a [`Plan`], a [`SideBandReader`], a loaded [`BpfProfiler`].
+
+use thiserror::Error;
+
+use crate::bpf::{BpfConfig, BpfError, BpfProfiler};
+use crate::cpus::{self, CpuError};
+use crate::events::{self, Event, EventError};
+use crate::perf::{self, PerfError, Sampling};
+use crate::sideband::SideBandReader;
+
+/// Why a recording cannot start as asked.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// An event cannot be recorded here.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The CPU list is bad or names an offline CPU.
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    /// `-F` is above what the kernel allows.
+    #[error(
+        "-F {hz} is above kernel.perf_event_max_sample_rate ({max}): lower -F, or raise the \
+         limit with `sudo sysctl -w kernel.perf_event_max_sample_rate={hz}`"
+    )]
+    SampleRate {
+        /// The requested frequency.
+        hz: u64,
+        /// The kernel's limit.
+        max: u64,
+    },
+}
+
+/// A request checked against this machine.
+#[derive(Debug)]
+pub struct Plan {
+    /// The events to record, after probing (e.g. `cycles` fallen back to `cpu-clock`).
+    pub events: Vec<Event>,
+    /// One line each for the user: what probing changed.
+    pub warnings: Vec<String>,
+    /// How often each event samples.
+    pub sampling: Sampling,
+    /// The CPUs to sample.
+    pub cpus: Vec<u32>,
+}
+
+/// Probes the `requested` events, checks `sampling` against the kernel's limit and selects
+/// the CPUs (`cpus` as `-C` gives them; every online CPU when `None`).
+pub fn plan(
+    requested: &[Event],
+    sampling: Sampling,
+    cpus: Option<&str>,
+) -> Result<Plan, SessionError> {
+    let resolved = events::resolve(requested, perf::probe)?;
+    check_sample_rate(sampling)?;
+    let cpus = cpus::select(cpus)?;
+    Ok(Plan {
+        events: resolved.events,
+        warnings: resolved.warnings,
+        sampling,
+        cpus,
+    })
+}
+
+/// `-F` above `kernel.perf_event_max_sample_rate` is refused by the kernel with a bare
+/// EINVAL; say which sysctl limits it instead.
+fn check_sample_rate(sampling: Sampling) -> Result<(), SessionError> {
+    let Sampling::Frequency(hz) = sampling else {
+        return Ok(());
+    };
+    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    if hz > max {
+        return Err(SessionError::SampleRate { hz, max });
+    }
+    Ok(())
+}
+
+/// Opens the side band on every CPU of the plan and starts reading it.
+pub fn start_side_band(plan: &Plan) -> Result<SideBandReader, PerfError> {
+    let samplers = plan
+        .cpus
+        .iter()
+        .map(|&cpu| perf::open_side_band(cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SideBandReader::spawn(samplers))
+}
+
+/// Loads the BPF object with `config`, fills the target set with `targets` and follows
+/// their forks (when `config` filters by tgid), and links the sampling program to every
+/// (CPU, event) of the plan. Nothing is sampled until [`BpfProfiler::enable`].
+pub fn attach(plan: &Plan, config: &BpfConfig, targets: &[u32]) -> Result<BpfProfiler, BpfError> {
+    let mut bpf = BpfProfiler::load(config)?;
+    if config.filter_tgids {
+        bpf.add_targets(targets)?;
+        bpf.follow_forks()?;
+    }
+    for (index, event) in plan.events.iter().enumerate() {
+        bpf.attach(index, event, plan.sampling, &plan.cpus)?;
+    }
+    Ok(bpf)
+}

@@ -16,6 +16,7 @@ pub mod cpus;
 pub mod drain;
 pub mod events;
 pub mod export;
+pub mod interrupt;
 pub mod perf;
 pub mod privilege;
 pub mod procs;

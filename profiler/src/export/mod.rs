@@ -227,9 +227,9 @@ pub fn check_writable(path: &Path) -> Result<(), ExportError> {
         Ok(meta) if !meta.is_dir() => return Err(ExportError::NotAFolder(folder)),
         Ok(_) => {}
     }
-    tempfile::Builder::new()
-        .prefix(".prof-check-")
-        .tempfile_in(&folder)
+    // An unnamed file (O_TMPFILE) proves the folder takes new files and leaves no name
+    // behind, whatever ends prof.
+    tempfile::tempfile_in(&folder)
         .map(drop)
         .map_err(|source| ExportError::NotWritable { folder, source })
 }
@@ -252,21 +252,37 @@ pub fn write_atomic(
         source,
     };
     let folder = folder_of(path);
-    let mut file = tempfile::Builder::new()
+    let file = tempfile::Builder::new()
         .prefix(".prof-")
         .tempfile_in(&folder)
         .map_err(fail)?;
+    // Listed, so that a signal ending prof mid-write removes it too; the file is deleted
+    // (on error) before it leaves the list, as fields drop in order.
+    let mut pending = PendingFile {
+        _listed: crate::interrupt::register(file.path()),
+        file,
+    };
     {
-        let mut writer = BufWriter::new(file.as_file_mut());
+        let mut writer = BufWriter::new(pending.file.as_file_mut());
         write(&mut writer).map_err(fail)?;
         writer.flush().map_err(fail)?;
     }
     // Temporary files are private (0600); a profile is an ordinary file.
-    file.as_file()
+    pending
+        .file
+        .as_file()
         .set_permissions(Permissions::from_mode(0o644))
         .map_err(fail)?;
+    let PendingFile { file, _listed } = pending;
     file.persist(path).map_err(|err| fail(err.error))?;
     Ok(())
+}
+
+/// A temporary output file, listed for removal by a signal while it exists.
+struct PendingFile {
+    /// Declared first, so it is deleted before it is taken off the list.
+    file: tempfile::NamedTempFile,
+    _listed: crate::interrupt::Listed,
 }
 
 /// Writes `profile` to `file` in its format; flame graphs are drawn with `options`.

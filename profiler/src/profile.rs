@@ -42,10 +42,23 @@ pub struct Value {
     pub period: u64,
 }
 
+impl Value {
+    /// The sum, unless either count overflows.
+    pub fn checked_add(self, other: Value) -> Option<Value> {
+        Some(Value {
+            samples: self.samples.checked_add(other.samples)?,
+            period: self.period.checked_add(other.period)?,
+        })
+    }
+}
+
+/// Sums saturate rather than wrap: the readers refuse profiles whose totals overflow, so a
+/// saturated sum is only reached by hand-built profiles, and it still never shows a share
+/// above 100%.
 impl AddAssign for Value {
     fn add_assign(&mut self, other: Value) {
-        self.samples += other.samples;
-        self.period += other.period;
+        self.samples = self.samples.saturating_add(other.samples);
+        self.period = self.period.saturating_add(other.period);
     }
 }
 

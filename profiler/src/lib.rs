@@ -17,6 +17,7 @@ pub mod drain;
 pub mod events;
 pub mod export;
 pub mod interrupt;
+pub mod map_memory;
 pub mod perf;
 pub mod privilege;
 pub mod procs;

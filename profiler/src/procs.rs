@@ -284,6 +284,15 @@ pub fn tgid_of(pid: u32) -> Option<u32> {
     u32::try_from(status.tgid).ok()
 }
 
+/// Whether process `pid` is gone or has exited: a zombie (its parent has not reaped it yet)
+/// runs no code, though it stays in `/proc`.
+pub fn has_exited(pid: u32) -> bool {
+    match ProcProcess::new(pid as i32).and_then(|p| p.stat()) {
+        Ok(stat) => matches!(stat.state, 'Z' | 'X' | 'x'),
+        Err(_) => true,
+    }
+}
+
 /// Snapshots every process in `/proc`.
 pub fn snapshot_all() -> Vec<ProcessEvent> {
     let Ok(all) = procfs::process::all_processes() else {
@@ -510,6 +519,27 @@ mod tests {
         done.send(()).unwrap();
         thread.join().unwrap();
         assert_eq!(tgid_of(u32::MAX - 1), None);
+    }
+
+    /// A running process has not exited; a zombie (exited, not yet reaped) and a pid that
+    /// is gone have.
+    #[test]
+    fn zombies_have_exited() {
+        assert!(!has_exited(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped until wait(): it stays a zombie once it has run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "`true` never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "a zombie is in /proc"
+        );
+        child.wait().unwrap();
+        assert!(has_exited(u32::MAX - 1));
     }
 
     /// Side-band names classify as files, the vDSO, or anonymous memory.

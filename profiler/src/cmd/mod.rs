@@ -5,6 +5,8 @@ pub mod list;
 pub mod record;
 pub mod report;
 
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,6 +39,43 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
         }?;
     }
     Ok(stop)
+}
+
+/// For commands that have nothing to finish (report, diff): the first Ctrl-C, SIGTERM or
+/// SIGHUP removes the outputs being written, prints `message` and ends prof with status
+/// 128 + the signal.
+pub fn quit_on_signals(message: &str) -> Result<()> {
+    interrupt::set_message(message);
+    for signal in STOP_SIGNALS {
+        // SAFETY: `interrupt::abandon` is async-signal-safe (see there).
+        unsafe {
+            signal_hook::low_level::register(signal, move || interrupt::abandon(128 + signal))
+        }?;
+    }
+    Ok(())
+}
+
+/// Writes `text` to stderr as it is, ignoring a failed write (see `say!`).
+pub fn tell(text: &str) {
+    let _ = io::stderr().write_all(text.as_bytes());
+}
+
+/// The line a signal that ends prof at once prints: which outputs were written and which
+/// were discarded.
+pub fn discarded_line(prefix: &str, written: &[PathBuf], discarded: &[PathBuf]) -> String {
+    let list = |paths: &[PathBuf]| {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        names.join(", ")
+    };
+    match (written.is_empty(), discarded.is_empty()) {
+        (true, _) => format!("prof: {prefix}: quit without writing {}", list(discarded)),
+        (false, false) => format!(
+            "prof: {prefix}: quit after writing {}; discarded {}",
+            list(written),
+            list(discarded)
+        ),
+        (false, true) => format!("prof: {prefix}: quit after writing {}", list(written)),
+    }
 }
 
 /// Opens the side band on every CPU in `cpus` and starts reading it.

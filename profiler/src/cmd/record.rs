@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,7 +22,7 @@ use prof::text::thousands;
 use prof::workload::{self, Workload};
 use prof::{cpus, drain, privilege, summary};
 
-use crate::cmd::{start_side_band, stop_on_signals};
+use crate::cmd::{discarded_line, start_side_band, stop_on_signals, tell};
 
 /// What to record.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     privilege::check("prof record")?;
     let resolved = events::resolve(&config.events, perf::probe)?;
     for warning in &resolved.warnings {
-        eprintln!("prof: warning: {warning}");
+        say!("prof: warning: {warning}");
     }
     let events = resolved.events;
     tracing::debug!(events = ?events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
@@ -86,6 +86,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         for &pid in pids {
             match procs::tgid_of(pid) {
                 None => bail!("no process with pid {pid}; check the pid with `ps -p {pid}`"),
+                Some(_) if procs::has_exited(pid) => bail!(
+                    "process {pid} has exited (a zombie its parent has not reaped); there is \
+                     nothing left to record"
+                ),
                 Some(tgid) if tgid != pid => {
                     bail!(
                         "{pid} is a thread of process {tgid}; use -p {tgid} (prof samples whole processes)"
@@ -101,8 +105,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         export::check_writable(&file.path)?;
     }
 
-    // Ctrl-C and SIGTERM end the recording; a second one ends prof at once.
+    // Ctrl-C, SIGTERM and SIGHUP end the recording; a second one ends prof at once.
     let stop = stop_on_signals()?;
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    prof::interrupt::set_message(&discarded_line("interrupted again", &[], &paths));
 
     // The side band starts first, so that no fork, exec or mmap of a target is missed.
     let side_band = start_side_band(&cpus)?;
@@ -233,7 +239,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let stage = Instant::now();
     let written = write_outputs(&files, &profile, &config.flame)?;
     tracing::debug!(files = written.len(), elapsed = ?stage.elapsed(), "outputs written");
-    eprint!("{}", summary::render(&profile, &written));
+    tell(&summary::render(&profile, &written));
     Ok(exit_code)
 }
 
@@ -303,10 +309,7 @@ fn wait_for_stop(
         }
         if watch_pids && last_pid_check.elapsed() >= Duration::from_millis(250) {
             last_pid_check = Instant::now();
-            if !pids
-                .iter()
-                .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            {
+            if pids.iter().all(|&pid| procs::has_exited(pid)) {
                 return Ok(Stop::TargetsGone);
             }
         }
@@ -330,9 +333,7 @@ fn finish_workload(workload: Option<Workload>, stopped: Stop) -> Result<u8> {
                     break status;
                 }
                 if Instant::now() >= deadline {
-                    eprintln!(
-                        "prof: warning: the command ignored SIGTERM for 5 s; not waiting for it"
-                    );
+                    say!("prof: warning: the command ignored SIGTERM for 5 s; not waiting for it");
                     return Ok(1);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -350,14 +351,23 @@ pub fn write_outputs(
 ) -> Result<Vec<(Option<usize>, PathBuf)>> {
     let mut written = Vec::new();
     let mut failures = Vec::new();
-    for file in files {
+    for (index, file) in files.iter().enumerate() {
+        // What a signal that ends prof now discards: this file and the ones after it.
+        let done: Vec<PathBuf> = written
+            .iter()
+            .map(|(_, path): &(_, PathBuf)| path.clone())
+            .collect();
+        let left: Vec<PathBuf> = files[index..].iter().map(|f| f.path.clone()).collect();
+        prof::interrupt::set_message(&discarded_line("interrupted", &done, &left));
         match export::write(file, profile, flame) {
             Ok(()) => written.push((file.event, file.path.clone())),
             Err(err) => failures.push(format!("{:#}", anyhow::Error::new(err))),
         }
     }
+    let done: Vec<PathBuf> = written.iter().map(|(_, path)| path.clone()).collect();
+    prof::interrupt::set_message(&discarded_line("interrupted", &done, &[]));
     if !failures.is_empty() {
-        eprint!("{}", summary::render(profile, &written));
+        tell(&summary::render(profile, &written));
         bail!("{}", failures.join("; "));
     }
     Ok(written)

@@ -42,19 +42,24 @@ pub struct Value {
     pub period: u64,
 }
 
+/// The largest total an event may have: pprof stores values as int64, so a profile whose
+/// totals go past this could not be written back as pprof. The readers refuse such files.
+pub const MAX_TOTAL: u64 = i64::MAX as u64;
+
 impl Value {
-    /// The sum, unless either count overflows.
+    /// The sum, unless either count goes past [`MAX_TOTAL`].
     pub fn checked_add(self, other: Value) -> Option<Value> {
+        let sum = |a: u64, b: u64| a.checked_add(b).filter(|&n| n <= MAX_TOTAL);
         Some(Value {
-            samples: self.samples.checked_add(other.samples)?,
-            period: self.period.checked_add(other.period)?,
+            samples: sum(self.samples, other.samples)?,
+            period: sum(self.period, other.period)?,
         })
     }
 }
 
-/// Sums saturate rather than wrap: the readers refuse profiles whose totals overflow, so a
-/// saturated sum is only reached by hand-built profiles, and it still never shows a share
-/// above 100%.
+/// Sums saturate rather than wrap: the readers refuse profiles whose totals pass
+/// [`MAX_TOTAL`], so a saturated sum is only reached by hand-built profiles, and it still
+/// never shows a share above 100%.
 impl AddAssign for Value {
     fn add_assign(&mut self, other: Value) {
         self.samples = self.samples.saturating_add(other.samples);

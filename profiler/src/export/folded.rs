@@ -35,8 +35,8 @@ pub enum FoldedError {
     },
     /// The counts add up to more than 64 bits hold.
     #[error(
-        "line {0}: the counts add up to more than 18,446,744,073,709,551,615, which prof \
-         cannot total"
+        "line {0}: the counts add up to more than 9,223,372,036,854,775,807, the most a pprof \
+         value holds"
     )]
     Overflow(usize),
 }

@@ -426,7 +426,8 @@ mod tests {
     }
 
     /// A sample with an empty stack is drawn and written as one `[unknown]` frame, which
-    /// reads back; values whose sum overflows 64 bits are refused, not wrapped.
+    /// reads back; values whose sum passes what pprof's int64 holds are refused, not
+    /// wrapped, and a sum of exactly that is read.
     #[test]
     fn empty_stacks_and_overflowing_values() {
         let dir = tempfile::tempdir().unwrap();
@@ -453,11 +454,11 @@ mod tests {
             text.contains("event `cpu`'s values add up to more than"),
             "{text}"
         );
-        let two = pprof_file(dir.path(), &vec![(vec![1], i64::MAX); 2]);
-        let profile = read_profile(&two).unwrap();
-        assert_eq!(profile.events[0].total().period, 2 * i64::MAX as u64);
+        let one = pprof_file(dir.path(), &[(vec![1], i64::MAX - 1), (vec![], 1)]);
+        let profile = read_profile(&one).unwrap();
+        assert_eq!(profile.events[0].total().period, i64::MAX as u64);
         let overflow = dir.path().join("big.folded");
-        fs::write(&overflow, format!("a {}\nb {}\n", u64::MAX, 1)).unwrap();
+        fs::write(&overflow, format!("a {}\nb {}\n", i64::MAX, 1)).unwrap();
         let text = format!(
             "{:#}",
             anyhow::Error::new(read_profile(&overflow).unwrap_err())

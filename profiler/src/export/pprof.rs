@@ -188,8 +188,8 @@ pub enum PprofError {
     Limit(#[from] LimitError),
     /// An event's values add up to more than 64 bits hold.
     #[error(
-        "event `{0}`'s values add up to more than 18,446,744,073,709,551,615, which prof \
-         cannot total; the profile is refused rather than shown with wrapped or capped shares"
+        "event `{0}`'s values add up to more than 9,223,372,036,854,775,807, the most a pprof \
+         value holds; the profile is refused rather than shown with wrapped or capped shares"
     )]
     Overflow(String),
     /// It decodes, but refers to things that are not there.

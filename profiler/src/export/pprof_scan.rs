@@ -81,7 +81,11 @@ fn walk<'a>(
 ) -> Result<(), ScanError> {
     while !bytes.is_empty() {
         let key = varint(&mut bytes)?;
-        let field = u32::try_from(key >> 3).map_err(|_| ScanError::Malformed)?;
+        // Field 0 does not exist: a run of zero bytes is not a message.
+        let field = u32::try_from(key >> 3)
+            .ok()
+            .filter(|&field| field > 0)
+            .ok_or(ScanError::Malformed)?;
         let payload = match key & 7 {
             0 => {
                 varint(&mut bytes)?;
@@ -221,6 +225,10 @@ mod tests {
         ));
         assert!(matches!(
             check(&[0x0b], &ReadLimits::default()),
+            Err(ScanError::Malformed)
+        ));
+        assert!(matches!(
+            check(&[0; 64], &ReadLimits::default()),
             Err(ScanError::Malformed)
         ));
     }

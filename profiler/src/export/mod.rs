@@ -14,7 +14,7 @@ pub mod ratio;
 
 use std::fs::{self, Permissions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -265,36 +265,43 @@ pub fn write_atomic(
         source,
     };
     let folder = folder_of(path);
-    let file = tempfile::Builder::new()
+    let mut pending = tempfile::Builder::new()
         .prefix(".prof-")
-        .tempfile_in(&folder)
+        .make_in(&folder, |temporary| {
+            // Listed before it exists, so no signal can end prof between its creation and
+            // its listing. It leaves the list when dropped, after the temporary file has
+            // been deleted (on error) or renamed.
+            let listed = crate::interrupt::register(temporary);
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(temporary)?;
+            Ok(PendingFile {
+                file,
+                _listed: listed,
+            })
+        })
         .map_err(fail)?;
-    // Listed, so that a signal ending prof mid-write removes it too; the file is deleted
-    // (on error) before it leaves the list, as fields drop in order.
-    let mut pending = PendingFile {
-        _listed: crate::interrupt::register(file.path()),
-        file,
-    };
     {
-        let mut writer = BufWriter::new(pending.file.as_file_mut());
+        let mut writer = BufWriter::new(&mut pending.as_file_mut().file);
         write(&mut writer).map_err(fail)?;
         writer.flush().map_err(fail)?;
     }
     // Temporary files are private (0600); a profile is an ordinary file.
     pending
-        .file
         .as_file()
+        .file
         .set_permissions(Permissions::from_mode(0o644))
         .map_err(fail)?;
-    let PendingFile { file, _listed } = pending;
-    file.persist(path).map_err(|err| fail(err.error))?;
+    pending.persist(path).map_err(|err| fail(err.error))?;
     Ok(())
 }
 
 /// A temporary output file, listed for removal by a signal while it exists.
+#[derive(Debug)]
 struct PendingFile {
-    /// Declared first, so it is deleted before it is taken off the list.
-    file: tempfile::NamedTempFile,
+    file: fs::File,
     _listed: crate::interrupt::Listed,
 }
 

@@ -343,8 +343,9 @@ Examples:
   # The whole machine for 5 s, into prof.svg:
   sudo prof record -a -d 5
 
-Recording stops when the command exits, after --duration, or on Ctrl-C / SIGTERM; the outputs
-are written in every case. prof needs root, or CAP_BPF and CAP_PERFMON.";
+Recording stops when the command exits, after --duration, or on Ctrl-C, SIGTERM or SIGHUP; the
+outputs are written in every case, and a second signal quits at once. prof needs root, or
+CAP_BPF and CAP_PERFMON.";
 
 /// `prof record` flags.
 #[derive(Debug, Args)]

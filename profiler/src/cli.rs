@@ -18,6 +18,7 @@ use prof::export::flamegraph;
 use prof::export::limits::{self, ReadLimits};
 use prof::map_memory::{self, MapSizes};
 use prof::perf::Sampling;
+use prof::unwind::{self, UnwindMode};
 
 /// A sampling profiler for Linux: perf events counted in the kernel by one eBPF program,
 /// rendered as flame graphs.
@@ -104,6 +105,9 @@ pub struct AgentArgs {
     /// Distinct (process, event, stack) keys the kernel counts per window [default: 16384].
     #[arg(long, value_name = "N", value_parser = map_size(), allow_negative_numbers = true)]
     pub counts_map_size: Option<u32>,
+
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }
 
 impl AgentArgs {
@@ -151,11 +155,19 @@ impl AgentArgs {
         if let Some(size) = self.counts_map_size {
             config.counts_map_size = size;
         }
+        self.unwind.apply(
+            &mut config.sampling.unwind,
+            &mut config.sampling.unwind_table_size,
+        )?;
         // The agent fills one generation of maps while it drains the other.
         check_map_sizes(MapSizes {
             stacks: config.stack_storage_size,
             counts: config.counts_map_size,
             generations: 2,
+            unwind_rows: match config.sampling.unwind {
+                UnwindMode::Auto => config.sampling.unwind_table_size,
+                UnwindMode::Fp => 0,
+            },
         })?;
         Ok(config)
     }
@@ -415,11 +427,45 @@ pub struct RecordArgs {
     pub counts_map_size: u32,
 
     #[command(flatten)]
+    pub unwind: UnwindArgs,
+
+    #[command(flatten)]
     pub flame: FlameArgs,
 
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// How user stacks are unwound (`record` and `agent`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Unwinding")]
+pub struct UnwindArgs {
+    /// How to unwind user stacks: `auto` walks the unwind tables of each binary
+    /// (.eh_frame) in the kernel, so code built without frame pointers (-O2 C and C++,
+    /// Rust release builds, libc) keeps its callers, and follows frame pointers where a
+    /// binary has no table (JIT code); `fp` uses frame pointers only [default: auto]
+    #[arg(long, value_name = "MODE")]
+    pub unwind: Option<UnwindMode>,
+
+    /// Rows the unwind tables of all binaries hold together, 8 bytes of kernel memory each,
+    /// reserved up front; when full, the least recently used binaries are evicted (libc
+    /// takes 25,000 rows) [default: 4194304, 32 MiB]
+    #[arg(long, value_name = "ROWS", value_parser = map_size(), allow_negative_numbers = true)]
+    pub unwind_table_size: Option<u32>,
+}
+
+impl UnwindArgs {
+    /// The unwind mode and table rows, over `mode` and `rows` (the config's or defaults).
+    fn apply(&self, mode: &mut UnwindMode, rows: &mut u32) -> Result<()> {
+        if let Some(size) = self.unwind_table_size {
+            *rows = size;
+        }
+        if let Some(unwind) = self.unwind {
+            *mode = unwind;
+        }
+        Ok(())
+    }
 }
 
 /// How flame graphs are drawn (`record` and `report`).
@@ -487,12 +533,19 @@ impl RecordArgs {
         } else {
             Target::AllCpus
         };
+        let (mut mode, mut rows) = (UnwindMode::Auto, unwind::DEFAULT_TABLE_ROWS);
+        self.unwind.apply(&mut mode, &mut rows)?;
         check_map_sizes(MapSizes {
             stacks: self.stack_storage_size,
             counts: self.counts_map_size,
             generations: 1,
+            unwind_rows: match mode {
+                UnwindMode::Auto => rows,
+                UnwindMode::Fp => 0,
+            },
         })?;
         Ok(RecordConfig {
+            unwind: mode.sizes(rows),
             events,
             sampling,
             target,

@@ -5,8 +5,9 @@
 //! when the map is created, which for ten million stacks is about 10 GB and takes many
 //! seconds. The entry sizes follow the layouts in `ebpf/profile.h` (a stack map value is
 //! `PROF_MAX_STACK_DEPTH` = 127 instruction pointers of 8 bytes under a u64 key; a counts
-//! entry is a 24-byte `sample_key` and a 16-byte `sample_value`) plus what the kernel adds
-//! per entry and per bucket. A test loads the real maps and compares these sizes and costs
+//! entry is a 24-byte `sample_key` and a 16-byte `sample_value`; an unwind table row is an
+//! 8-byte `unwind_row` in an array) plus what the kernel adds per entry and per bucket. The
+//! unwinder's small file and process maps are left out. A test loads the real maps and compares these sizes and costs
 //! with what the kernel reports for them.
 //!
 //! In: the requested entry counts. Out: their cost in bytes, and an error or a warning line
@@ -24,6 +25,9 @@ pub const STACK_VALUE_BYTES: u64 = 127 * 8;
 pub const COUNTS_KEY_BYTES: u64 = 24;
 /// Bytes of a counts map value: `struct sample_value` (samples, period).
 pub const COUNTS_VALUE_BYTES: u64 = 16;
+
+/// Bytes of an unwind table row: `struct unwind_row` (pc, CFA offset, kind, rbp offset).
+pub const UNWIND_ROW_BYTES: u64 = 8;
 
 /// The kernel's header of each hash map element (`struct htab_elem` on 64-bit kernels).
 const ELEMENT_HEADER_BYTES: u64 = 48;
@@ -66,6 +70,9 @@ pub struct MapSizes {
     /// How many generations are reserved at full size: 1 for `prof record`, 2 for the agent,
     /// which fills one while it drains the other.
     pub generations: u32,
+    /// `--unwind-table-size`: rows of the unwind tables (0 with `--unwind fp`), one array
+    /// shared by every generation.
+    pub unwind_rows: u32,
 }
 
 /// Why the maps cannot be reserved.
@@ -91,6 +98,12 @@ pub enum MapSizeError {
 }
 
 impl MapSizes {
+    /// The kernel memory the unwind table rows reserve, in bytes (an array: no per-entry
+    /// header).
+    pub fn unwind_bytes(&self) -> u64 {
+        u64::from(self.unwind_rows) * UNWIND_ROW_BYTES
+    }
+
     /// The kernel memory each map reserves, in bytes: (stacks, counts), every generation
     /// counted (an unused generation has one entry).
     pub fn bytes(&self, cpus: u64) -> (u64, u64) {
@@ -107,8 +120,9 @@ impl MapSizes {
     /// at most half of it. Returns a warning line when they take long to reserve.
     pub fn check(&self, cpus: u64, available: u64) -> Result<Option<String>, MapSizeError> {
         let (stacks, counts) = self.bytes(cpus);
-        let total = stacks.saturating_add(counts);
-        let detail = format!(
+        let unwind = self.unwind_bytes();
+        let total = stacks.saturating_add(counts).saturating_add(unwind);
+        let mut detail = format!(
             "stacks {} at {} bytes each{}, counts {} at {} bytes each",
             bytes(stacks),
             thousands(stack_map_bytes(1, 0) - BUCKET_BYTES),
@@ -120,16 +134,30 @@ impl MapSizes {
             bytes(counts),
             thousands(counts_map_bytes(1, 0) - BUCKET_BYTES),
         );
-        let what = format!(
+        let mut what = format!(
             "--stack-storage-size {} and --counts-map-size {}",
             self.stacks, self.counts
         );
+        if self.unwind_rows > 0 {
+            what = format!(
+                "--stack-storage-size {}, --counts-map-size {} and --unwind-table-size {}",
+                self.stacks, self.counts, self.unwind_rows
+            );
+            detail.push_str(&format!(
+                ", unwind rows {} at {UNWIND_ROW_BYTES} bytes each",
+                bytes(unwind)
+            ));
+        }
         if total > available / 2 {
-            // Name the flag that asks for most of it, or both when neither dominates.
-            let flags = if stacks > 4 * counts {
-                "--stack-storage-size"
-            } else if counts > 4 * stacks {
-                "--counts-map-size"
+            // Name the flag that asks for most of it, or all of them when none dominates.
+            let parts = [
+                (stacks, "--stack-storage-size"),
+                (counts, "--counts-map-size"),
+                (unwind, "--unwind-table-size"),
+            ];
+            let (largest, flag) = parts.into_iter().max().unwrap_or((0, "them"));
+            let flags = if largest > total / 5 * 4 {
+                flag
             } else {
                 "them"
             };
@@ -194,6 +222,7 @@ mod tests {
             stacks: 32768,
             counts: 65536,
             generations: 1,
+            unwind_rows: 0,
         };
         let (stacks, counts) = record.bytes(2);
         assert!((35_000_000..36_500_000).contains(&stacks), "{stacks}");
@@ -222,26 +251,42 @@ mod tests {
             ..record
         };
         assert!(agent.bytes(2).0 > 2 * stacks - 1_000_000);
+        // Unwind rows are 8 bytes each; 2^32 - 1 of them is 34 GB.
+        let rows = MapSizes {
+            unwind_rows: u32::MAX,
+            ..record
+        };
+        let err = rows.check(2, 20_000_000_000).unwrap_err().to_string();
+        assert!(err.contains("--unwind-table-size 4294967295"), "{err}");
+        assert!(err.contains("unwind rows 34.4 GB at 8 bytes each"), "{err}");
+        assert!(err.ends_with("lower --unwind-table-size"), "{err}");
+        let default_rows = MapSizes {
+            unwind_rows: 4 << 20,
+            ..record
+        };
+        assert_eq!(default_rows.check(2, 20_000_000_000).unwrap(), None);
         assert_eq!(bytes(999), "999 bytes");
         assert_eq!(bytes(1_500), "1.5 kB");
     }
 
     /// The sizes above are the kernel's: loading the real maps with odd sizes, the kernel's
     /// own account of each map (`/proc/self/fdinfo`) shows the key and value sizes of
-    /// `ebpf/profile.h` and reserves what [`MapSizes::bytes`] says, within 2%. (Root: it
-    /// loads the BPF program.)
+    /// `ebpf/profile.h` and reserves what [`MapSizes::bytes`] and
+    /// [`MapSizes::unwind_bytes`] say, within 2%. (Root: it loads the BPF program.)
     #[test]
     fn costs_match_the_kernel() {
         let sizes = MapSizes {
             stacks: 3001,
             counts: 7001,
             generations: 1,
+            unwind_rows: 1_000_003,
         };
         let bpf = crate::bpf::BpfProfiler::load(&crate::bpf::BpfConfig {
             filter_tgids: false,
             stack_storage_size: sizes.stacks,
             counts_map_size: sizes.counts,
             double_buffer: false,
+            unwind: Some(crate::unwind::sizes(sizes.unwind_rows)),
         })
         .expect("loading the BPF program (run the tests as root)");
         let maps: Vec<std::collections::HashMap<String, u64>> =
@@ -264,6 +309,8 @@ mod tests {
         };
         let cpus = possible_cpus();
         let (stacks, counts) = (find(sizes.stacks), find(sizes.counts));
+        let rows = find(sizes.unwind_rows);
+        assert_eq!(rows["value_size"], UNWIND_ROW_BYTES);
         assert_eq!(stacks["key_size"], STACK_KEY_BYTES);
         assert_eq!(stacks["value_size"], STACK_VALUE_BYTES);
         assert_eq!(counts["key_size"], COUNTS_KEY_BYTES);
@@ -271,6 +318,7 @@ mod tests {
         for (map, expected) in [
             (stacks, stack_map_bytes(sizes.stacks.into(), cpus)),
             (counts, counts_map_bytes(sizes.counts.into(), cpus)),
+            (rows, sizes.unwind_bytes()),
         ] {
             let memlock = map["memlock"] as f64;
             assert!(

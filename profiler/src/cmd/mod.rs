@@ -14,8 +14,6 @@ use anyhow::Result;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use prof::interrupt;
-use prof::perf;
-use prof::sideband::SideBandReader;
 
 /// The signals that end a command: Ctrl-C, `kill`, and the terminal going away.
 const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
@@ -76,13 +74,4 @@ pub fn discarded_line(prefix: &str, written: &[PathBuf], discarded: &[PathBuf]) 
         ),
         (false, true) => format!("prof: {prefix}: quit after writing {}", list(written)),
     }
-}
-
-/// Opens the side band on every CPU in `cpus` and starts reading it.
-pub fn start_side_band(cpus: &[u32]) -> Result<SideBandReader> {
-    let samplers = cpus
-        .iter()
-        .map(|&cpu| perf::open_side_band(cpu))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SideBandReader::spawn(samplers))
 }

@@ -27,16 +27,16 @@ use prof::agent::rotation::Rotation;
 use prof::agent::window::{self, Recent, Span};
 use prof::bpf::{BpfConfig, BpfProfiler, KernelStats};
 use prof::drain::{self, Drained};
-use prof::events::{self, Event};
-use prof::perf::{self, Sampling};
+use prof::events::Event;
+use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
 use prof::profile::{EventProfile, Labels, Profile};
 use prof::sideband::{POLL_INTERVAL, SideBandReader};
 use prof::symbolize::{EventInfo, Symbolizer};
-use prof::{cpus, privilege};
+use prof::{privilege, session};
 
-use crate::cmd::record::{check_sample_rate, with_permission_hint_for};
-use crate::cmd::{start_side_band, stop_on_signals};
+use crate::cmd::record::with_permission_hint_for;
+use crate::cmd::stop_on_signals;
 
 /// How long to let in-flight BPF programs and the side band catch up after a flip: samples
 /// being counted during the flip finish within microseconds, and the side band publishes a
@@ -130,14 +130,11 @@ fn init_logging(filter: &str) {
 pub fn run(config: AgentConfig) -> Result<u8> {
     init_logging(&config.log);
     privilege::check("prof agent")?;
-    let resolved = events::resolve(&config.events, perf::probe)?;
-    for warning in &resolved.warnings {
+    let sampling = Sampling::Frequency(config.frequency);
+    let plan = session::plan(&config.events, sampling, None)?;
+    for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
-    let events = resolved.events;
-    let sampling = Sampling::Frequency(config.frequency);
-    check_sample_rate(sampling)?;
-    let cpus = cpus::select(None)?;
     if let Some(dir) = &config.dir {
         prof::export::check_writable(&dir.path.join("prof-check.pb.gz"))
             .with_context(|| format!("[dir] path `{}`", dir.path.display()))?;
@@ -149,7 +146,11 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     };
 
     let stop = stop_on_signals()?;
-    let side_band = start_side_band(&cpus)?;
+    let unwind = config
+        .sampling
+        .unwind
+        .sizes(config.sampling.unwind_table_size);
+    let mut side_band = session::start_side_band(&plan, unwind.is_some(), false)?;
     let snapshot_time = procs::monotonic_now();
     let snapshots: Vec<TimedEvent> = procs::snapshot_all()
         .into_iter()
@@ -160,21 +161,29 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         .collect();
 
     let hint = |err| with_permission_hint_for("prof agent", err);
-    let mut bpf = BpfProfiler::load(&BpfConfig {
-        filter_tgids: false,
-        stack_storage_size: config.stack_storage_size,
-        counts_map_size: config.counts_map_size,
-        double_buffer: true,
-    })
+    let mut bpf = session::attach(
+        &plan,
+        &BpfConfig {
+            filter_tgids: false,
+            stack_storage_size: config.stack_storage_size,
+            counts_map_size: config.counts_map_size,
+            double_buffer: true,
+            unwind,
+        },
+        &[],
+    )
     .map_err(hint)?;
-    for (index, event) in events.iter().enumerate() {
-        bpf.attach(index, event, sampling, &cpus).map_err(hint)?;
-    }
+    let unwinder = session::start_unwinder(
+        &mut bpf,
+        &mut side_band,
+        prof::unwind::Interest::All,
+        snapshots.clone(),
+    );
     bpf.enable()?;
     tracing::info!(
-        events = ?events.iter().map(Event::name).collect::<Vec<_>>(),
+        events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(),
         hz = config.frequency,
-        cpus = cpus.len(),
+        cpus = plan.cpus.len(),
         window_seconds = config.window_seconds,
         listen = ?http.as_ref().map(|_| config.http.listen),
         push = ?config.push.as_ref().map(|p| p.url.as_str()),
@@ -183,7 +192,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     );
 
     let (requests, inbox) = crossbeam_channel::unbounded();
-    let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
+    let infos: Vec<EventInfo> = plan.events.iter().map(EventInfo::from).collect();
     let event_profiles: Vec<EventProfile> = infos
         .iter()
         .map(|e| EventProfile::new(e.name.clone(), e.unit))
@@ -217,7 +226,8 @@ pub fn run(config: AgentConfig) -> Result<u8> {
 
     let mut sampler = Sampler {
         bpf,
-        side_band,
+        side_band: side_band.reader,
+        unwinder,
         processes: ProcessTable::build(snapshots),
         symbolizer: Symbolizer::with_debug_info(config.debug_info),
         symbolizer_born: Instant::now(),
@@ -297,6 +307,8 @@ pub fn run(config: AgentConfig) -> Result<u8> {
 struct Sampler {
     bpf: BpfProfiler,
     side_band: SideBandReader,
+    /// Keeps the unwind tables current, across windows.
+    unwinder: Option<prof::unwind::Unwinder>,
     processes: ProcessTable,
     symbolizer: Symbolizer,
     symbolizer_born: Instant,
@@ -340,7 +352,7 @@ impl Sampler {
             }
         }
         let cumulative = drained.stats.clone();
-        drained.stats = since(&cumulative, &self.previous_stats);
+        drained.stats = cumulative.since(&self.previous_stats);
         self.previous_stats = cumulative;
 
         let started = Instant::now();
@@ -432,6 +444,10 @@ impl Sampler {
         window.start = finished.end;
         window.end = finished.end;
         Ok(Closed {
+            unwind_tables: self
+                .unwinder
+                .as_ref()
+                .map(|u| crate::cmd::record::unwind_tables(&u.stats())),
             span: finished,
             symbolize_time,
             drain_time: started.elapsed(),
@@ -469,22 +485,9 @@ impl Sampler {
     }
 }
 
-/// The kernel counters gained since `previous` (they only grow).
-fn since(now: &KernelStats, previous: &KernelStats) -> KernelStats {
-    let mut delta = now.clone();
-    for (index, event) in delta.events.iter_mut().enumerate() {
-        let before = previous.events.get(index).copied().unwrap_or_default();
-        event.samples -= before.samples.min(event.samples);
-        event.stack_map_full -= before.stack_map_full.min(event.stack_map_full);
-        event.no_stack -= before.no_stack.min(event.no_stack);
-        event.map_full -= before.map_full.min(event.map_full);
-    }
-    delta.forks_untracked -= previous.forks_untracked.min(delta.forks_untracked);
-    delta
-}
-
 /// A window that just ended.
 struct Closed {
+    unwind_tables: Option<prof::profile::UnwindTables>,
     span: Span,
     symbolize_time: Duration,
     drain_time: Duration,
@@ -545,6 +548,7 @@ impl Exporter {
         metrics.side_band_lost += span.profile.side_band_lost;
         metrics.processes = closed.processes as u64;
         metrics.symbolizer_resets = closed.symbolizer_resets;
+        metrics.unwind_tables = closed.unwind_tables;
         match written {
             Some(true) => metrics.files_written += 1,
             Some(false) => metrics.file_failures += 1,
@@ -553,9 +557,7 @@ impl Exporter {
         for event in &span.profile.events {
             let m = metrics.event(&event.name);
             m.samples += event.losses.kernel_samples;
-            m.lost.stack_map_full += event.losses.stack_map_full;
-            m.lost.no_stack += event.losses.no_stack;
-            m.lost.map_full += event.losses.map_full;
+            m.lost += event.losses;
             for (reason, samples) in &event.unknown {
                 *m.unknown.entry(*reason).or_default() += samples;
             }

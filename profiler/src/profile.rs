@@ -42,10 +42,28 @@ pub struct Value {
     pub period: u64,
 }
 
+/// The largest total an event may have: pprof stores values as int64, so a profile whose
+/// totals go past this could not be written back as pprof. The readers refuse such files.
+pub const MAX_TOTAL: u64 = i64::MAX as u64;
+
+impl Value {
+    /// The sum, unless either count goes past [`MAX_TOTAL`].
+    pub fn checked_add(self, other: Value) -> Option<Value> {
+        let sum = |a: u64, b: u64| a.checked_add(b).filter(|&n| n <= MAX_TOTAL);
+        Some(Value {
+            samples: sum(self.samples, other.samples)?,
+            period: sum(self.period, other.period)?,
+        })
+    }
+}
+
+/// Sums saturate rather than wrap: the readers refuse profiles whose totals pass
+/// [`MAX_TOTAL`], so a saturated sum is only reached by hand-built profiles, and it still
+/// never shows a share above 100%.
 impl AddAssign for Value {
     fn add_assign(&mut self, other: Value) {
-        self.samples += other.samples;
-        self.period += other.period;
+        self.samples = self.samples.saturating_add(other.samples);
+        self.period = self.period.saturating_add(other.period);
     }
 }
 
@@ -359,7 +377,8 @@ impl Location {
     }
 
     /// The frame names of this location, outermost first: one per line (kernel ones with
-    /// `_[k]`), or `[unknown]`. `;` is replaced, as it separates frames in folded stacks.
+    /// `_[k]`), or `[unknown]` (also for a line whose function has no name). `;` and line
+    /// breaks are replaced, as they separate frames and stacks in folded stacks.
     pub fn frame_names(&self) -> Vec<Cow<'_, str>> {
         if self.lines.is_empty() {
             return vec![Cow::Borrowed(UNKNOWN_FRAME)];
@@ -368,10 +387,20 @@ impl Location {
             .iter()
             .map(|line| {
                 let name = &*line.function;
-                if !self.kernel && !name.contains(';') {
+                // A name of nothing (pprof allows it) would be an empty frame, which folded
+                // stacks cannot hold.
+                if name.trim().is_empty() {
+                    return Cow::Borrowed(UNKNOWN_FRAME);
+                }
+                let plain = !name.contains([';', '\n', '\r']);
+                if !self.kernel && plain {
                     return Cow::Borrowed(name);
                 }
-                let mut text = name.replace(';', ":");
+                let mut text = if plain {
+                    name.to_owned()
+                } else {
+                    name.replace(';', ":").replace(['\n', '\r'], " ")
+                };
                 if self.kernel {
                     text.push_str(KERNEL_SUFFIX);
                 }
@@ -785,6 +814,11 @@ mod tests {
         assert_eq!(location.frame_names(), ["outer", "inlined"]);
         assert_eq!(location.leaf_name(), "inlined");
         assert_eq!(Location::unknown().frame_names(), [UNKNOWN_FRAME]);
+        let odd = Location {
+            lines: vec![line(""), line(" "), line("a;b\nc")],
+            ..location.clone()
+        };
+        assert_eq!(odd.frame_names(), [UNKNOWN_FRAME, UNKNOWN_FRAME, "a:b c"]);
         assert_eq!(Location::named(UNKNOWN_FRAME), Location::unknown());
         assert_eq!(UnknownReason::from_key("vdso"), Some(UnknownReason::Vdso));
         for reason in UnknownReason::ALL {

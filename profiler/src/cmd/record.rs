@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +23,7 @@ use prof::unwind::{self, Interest, UnwindStats, Unwinder};
 use prof::workload::{self, Workload};
 use prof::{drain, privilege, session, summary};
 
-use crate::cmd::stop_on_signals;
+use crate::cmd::{discarded_line, stop_on_signals, tell};
 
 /// What to record.
 #[derive(Debug)]
@@ -80,13 +80,17 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     privilege::check("prof record")?;
     let plan = session::plan(&config.events, config.sampling, config.cpus.as_deref())?;
     for warning in &plan.warnings {
-        eprintln!("prof: warning: {warning}");
+        say!("prof: warning: {warning}");
     }
     tracing::debug!(events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
     if let Target::Pids(pids) = &config.target {
         for &pid in pids {
             match procs::tgid_of(pid) {
                 None => bail!("no process with pid {pid}; check the pid with `ps -p {pid}`"),
+                Some(_) if procs::has_exited(pid) => bail!(
+                    "process {pid} has exited (a zombie its parent has not reaped); there is \
+                     nothing left to record"
+                ),
                 Some(tgid) if tgid != pid => {
                     bail!(
                         "{pid} is a thread of process {tgid}; use -p {tgid} (prof samples whole processes)"
@@ -102,8 +106,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         export::check_writable(&file.path)?;
     }
 
-    // Ctrl-C and SIGTERM end the recording; a second one ends prof at once.
+    // Ctrl-C, SIGTERM and SIGHUP end the recording; a second one ends prof at once.
     let stop = stop_on_signals()?;
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    prof::interrupt::set_message(&discarded_line("interrupted again", &[], &paths));
 
     // The side band starts first, so that no fork, exec or mmap of a target is missed.
     let mut side_band = session::start_side_band(&plan, config.unwind.is_some(), true)?;
@@ -217,7 +223,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let unwind_tables = match unwinder.map(Unwinder::stop) {
         Some(Ok(stats)) => Some(unwind_tables(&stats)),
         Some(Err(err)) => {
-            eprintln!(
+            say!(
                 "prof: warning: the unwinder failed: {:#}",
                 anyhow::Error::new(err)
             );
@@ -268,7 +274,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let stage = Instant::now();
     let written = write_outputs(&files, &profile, &config.flame)?;
     tracing::debug!(files = written.len(), elapsed = ?stage.elapsed(), "outputs written");
-    eprint!("{}", summary::render(&profile, &written));
+    tell(&summary::render(&profile, &written));
     Ok(exit_code)
 }
 
@@ -337,10 +343,7 @@ fn wait_for_stop(
         }
         if watch_pids && last_pid_check.elapsed() >= Duration::from_millis(250) {
             last_pid_check = Instant::now();
-            if !pids
-                .iter()
-                .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            {
+            if pids.iter().all(|&pid| procs::has_exited(pid)) {
                 return Ok(Stop::TargetsGone);
             }
         }
@@ -364,9 +367,7 @@ fn finish_workload(workload: Option<Workload>, stopped: Stop) -> Result<u8> {
                     break status;
                 }
                 if Instant::now() >= deadline {
-                    eprintln!(
-                        "prof: warning: the command ignored SIGTERM for 5 s; not waiting for it"
-                    );
+                    say!("prof: warning: the command ignored SIGTERM for 5 s; not waiting for it");
                     return Ok(1);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -384,14 +385,23 @@ pub fn write_outputs(
 ) -> Result<Vec<(Option<usize>, PathBuf)>> {
     let mut written = Vec::new();
     let mut failures = Vec::new();
-    for file in files {
+    for (index, file) in files.iter().enumerate() {
+        // What a signal that ends prof now discards: this file and the ones after it.
+        let done: Vec<PathBuf> = written
+            .iter()
+            .map(|(_, path): &(_, PathBuf)| path.clone())
+            .collect();
+        let left: Vec<PathBuf> = files[index..].iter().map(|f| f.path.clone()).collect();
+        prof::interrupt::set_message(&discarded_line("interrupted", &done, &left));
         match export::write(file, profile, flame) {
             Ok(()) => written.push((file.event, file.path.clone())),
             Err(err) => failures.push(format!("{:#}", anyhow::Error::new(err))),
         }
     }
+    let done: Vec<PathBuf> = written.iter().map(|(_, path)| path.clone()).collect();
+    prof::interrupt::set_message(&discarded_line("interrupted", &done, &[]));
     if !failures.is_empty() {
-        eprint!("{}", summary::render(profile, &written));
+        tell(&summary::render(profile, &written));
         bail!("{}", failures.join("; "));
     }
     Ok(written)

@@ -2,16 +2,19 @@
 //! stacks), then print its hottest functions or render it again: flame graphs, folded
 //! stacks, pprof, or a ratio flame graph of two of its events.
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use prof::events::file_name_part;
+use prof::export::limits::ReadLimits;
 use prof::export::{self, Format, flamegraph, pprof, ratio};
 use prof::profile::Profile;
 use prof::summary;
 
 use crate::cmd::record::write_outputs;
+use crate::cmd::{discarded_line, quit_on_signals};
 
 /// A validated `prof report` request.
 #[derive(Debug)]
@@ -26,13 +29,17 @@ pub struct ReportConfig {
     pub top: usize,
     /// `--ratio NUMERATOR/DENOMINATOR`.
     pub ratio: Option<(String, String)>,
+    /// How much of the input to read.
+    pub limits: ReadLimits,
     /// How to draw flame graphs.
     pub flame: flamegraph::Options,
 }
 
 /// Runs `prof report`.
 pub fn run(config: ReportConfig) -> Result<u8> {
-    let mut profile = export::read_profile(&config.input)?;
+    // Nothing to finish: a signal removes what is half-written and ends prof.
+    quit_on_signals(&discarded_line("interrupted", &[], &config.outputs))?;
+    let mut profile = export::read_profile_within(&config.input, &config.limits)?;
     if let Some((numerator, denominator)) = &config.ratio {
         return write_ratio(&profile, numerator, denominator, &config);
     }
@@ -45,12 +52,15 @@ pub fn run(config: ReportConfig) -> Result<u8> {
         profile.events = wanted.into_iter().map(|i| events[i].clone()).collect();
     }
     if config.outputs.is_empty() {
+        let mut out = io::stdout().lock();
         for index in 0..profile.events.len() {
             if index > 0 {
-                println!();
+                writeln!(out).context("writing to stdout")?;
             }
-            print!("{}", summary::top_table(&profile, index, config.top));
+            out.write_all(summary::top_table(&profile, index, config.top).as_bytes())
+                .context("writing to stdout")?;
         }
+        out.flush().context("writing to stdout")?;
         return Ok(0);
     }
     let parts: Vec<String> = profile
@@ -61,7 +71,7 @@ pub fn run(config: ReportConfig) -> Result<u8> {
     let files = export::plan(&config.outputs, &parts)?;
     let written = write_outputs(&files, &profile, &config.flame)?;
     for (_, path) in written {
-        eprintln!("prof: wrote {}", path.display());
+        say!("prof: wrote {}", path.display());
     }
     Ok(0)
 }
@@ -99,11 +109,16 @@ fn write_ratio(
         }
         export::check_writable(path)?;
     }
-    for path in &config.outputs {
+    for (index, path) in config.outputs.iter().enumerate() {
+        prof::interrupt::set_message(&discarded_line(
+            "interrupted",
+            &config.outputs[..index],
+            &config.outputs[index..],
+        ));
         export::write_atomic(path, |out| {
             ratio::write(profile, num, den, &config.flame, out)
         })?;
-        eprintln!("prof: wrote {}", path.display());
+        say!("prof: wrote {}", path.display());
     }
     Ok(0)
 }

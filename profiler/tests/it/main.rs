@@ -9,6 +9,7 @@ mod agent;
 mod bad_input;
 mod record;
 mod report;
+mod robust;
 mod symbols;
 mod unwind;
 

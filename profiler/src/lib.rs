@@ -25,4 +25,5 @@ pub mod sideband;
 pub mod summary;
 pub mod symbolize;
 pub mod text;
+pub mod tracefs;
 pub mod workload;

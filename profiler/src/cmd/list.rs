@@ -1,4 +1,5 @@
-//! `prof list`: every event name and whether it works here, and why not.
+//! `prof list`: every event name and whether it works here, and why not, and the kernel's
+//! tracepoint categories; `prof list CATEGORY`: the tracepoints of one category.
 
 use std::io::{self, Write};
 
@@ -6,9 +7,13 @@ use anyhow::Result;
 
 use prof::events::{self, EventKind};
 use prof::perf;
+use prof::tracefs::Tracefs;
 
-/// Prints the event table to stdout.
-pub fn run() -> Result<u8> {
+/// Prints the event table, or with `category` that category's tracepoints, to stdout.
+pub fn run(category: Option<&str>) -> Result<u8> {
+    if let Some(category) = category {
+        return list_category(category);
+    }
     let mut out = io::stdout().lock();
     writeln!(out, "{:<34} {:<15} AVAILABLE HERE", "EVENT", "KIND")?;
     for named in events::NAMED_EVENTS {
@@ -45,10 +50,76 @@ pub fn run() -> Result<u8> {
         EventKind::Raw.label(),
         raw
     )?;
+    let tracefs = Tracefs::open();
+    let off_cpu = match &tracefs {
+        Ok(fs) => match fs.id(events::SCHED_SWITCH.0, events::SCHED_SWITCH.1) {
+            Ok(_) => "yes (prof record --off-cpu)".to_owned(),
+            Err(err) => format!("no: {err}"),
+        },
+        Err(err) => format!("no: {err}"),
+    };
+    writeln!(
+        out,
+        "{:<34} {:<15} {}",
+        events::OFF_CPU,
+        EventKind::OffCpu.label(),
+        off_cpu
+    )?;
     writeln!(out)?;
     writeln!(
         out,
-        "Modifiers: append :u to sample only user code, :k for only kernel code (e.g. cpu-clock:u)."
+        "Modifiers: append :u to sample only user code, :k for only kernel code (e.g. cpu-clock:u);"
+    )?;
+    writeln!(
+        out,
+        "on tracepoints and off-cpu they choose the stacks taken (user only, kernel only)."
+    )?;
+    writeln!(out)?;
+    let categories = tracefs.and_then(|fs| {
+        let categories = fs.categories()?;
+        let mut counted = Vec::with_capacity(categories.len());
+        for category in categories {
+            let events = fs.events(&category)?.len();
+            counted.push((category, events));
+        }
+        Ok(counted)
+    });
+    match categories {
+        Ok(categories) => {
+            writeln!(
+                out,
+                "Tracepoint categories ({}), with their number of tracepoints. Record one as \
+                 -e category:name; `prof list CATEGORY` lists a category's tracepoints:",
+                categories.len()
+            )?;
+            let cells: Vec<String> = categories
+                .iter()
+                .map(|(category, events)| format!("{category} ({events})"))
+                .collect();
+            for row in cells.chunks(4) {
+                let row: Vec<String> = row.iter().map(|cell| format!("{cell:<24}")).collect();
+                writeln!(out, "  {}", row.join("").trim_end())?;
+            }
+        }
+        Err(err) => writeln!(out, "Tracepoints: not available here: {err}")?,
+    }
+    Ok(0)
+}
+
+/// Prints `category:name` for each tracepoint of `category`.
+fn list_category(category: &str) -> Result<u8> {
+    let fs = Tracefs::open()?;
+    let names = fs.events(category)?;
+    let mut out = io::stdout().lock();
+    for name in &names {
+        writeln!(out, "{category}:{name}")?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} tracepoints. Record one with: prof record -e {category}:{} ...",
+        names.len(),
+        names.first().map_or("NAME", String::as_str)
     )?;
     Ok(0)
 }

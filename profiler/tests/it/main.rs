@@ -9,6 +9,7 @@ mod agent;
 mod bad_input;
 mod record;
 mod report;
+mod tracing;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -131,7 +131,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     init_logging(&config.log);
     privilege::check("prof agent")?;
     let sampling = Sampling::Frequency(config.frequency);
-    let plan = session::plan(&config.events, sampling, None)?;
+    let plan = session::plan(&config.recorded_events(), sampling, None)?;
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
@@ -164,6 +164,9 @@ pub fn run(config: AgentConfig) -> Result<u8> {
             stack_storage_size: config.stack_storage_size,
             counts_map_size: config.counts_map_size,
             double_buffer: true,
+            off_cpu_min: Duration::from_micros(config.off_cpu_min_us),
+            off_cpu_tasks: config.off_cpu_tasks,
+            ..BpfConfig::default()
         },
         &[],
     )
@@ -476,6 +479,8 @@ fn since(now: &KernelStats, previous: &KernelStats) -> KernelStats {
         event.stack_map_full -= before.stack_map_full.min(event.stack_map_full);
         event.no_stack -= before.no_stack.min(event.no_stack);
         event.map_full -= before.map_full.min(event.map_full);
+        event.blocks_short -= before.blocks_short.min(event.blocks_short);
+        event.blocks_dropped -= before.blocks_dropped.min(event.blocks_dropped);
     }
     delta.forks_untracked -= previous.forks_untracked.min(delta.forks_untracked);
     delta
@@ -551,9 +556,7 @@ impl Exporter {
         for event in &span.profile.events {
             let m = metrics.event(&event.name);
             m.samples += event.losses.kernel_samples;
-            m.lost.stack_map_full += event.losses.stack_map_full;
-            m.lost.no_stack += event.losses.no_stack;
-            m.lost.map_full += event.losses.map_full;
+            m.lost += event.losses;
             for (reason, samples) in &event.unknown {
                 *m.unknown.entry(*reason).or_default() += samples;
             }

@@ -607,6 +607,33 @@ impl Profile {
             .map(|share| (share.name, share.self_share))
             .collect()
     }
+
+    /// The `n` user functions that hold the largest share of event `event` as the innermost
+    /// user frame of their stacks, largest first (ties by name). For off-CPU time, whose
+    /// stacks all end in the scheduler, that is where in the program threads blocked.
+    pub fn hottest_user_leaves(&self, event: usize, n: usize) -> Vec<(String, f64)> {
+        let profile = &self.events[event];
+        let total = profile.total().period.max(1) as f64;
+        let mut shares: HashMap<String, u64> = HashMap::default();
+        for (stack, value) in &profile.stacks {
+            let leaf = stack
+                .locations
+                .iter()
+                .rev()
+                .map(|&id| self.locations.get(id))
+                .find(|location| !location.kernel);
+            if let Some(leaf) = leaf {
+                *shares.entry(leaf.leaf_name().into_owned()).or_default() += value.period;
+            }
+        }
+        let mut ranked: Vec<(String, f64)> = shares
+            .into_iter()
+            .map(|(name, period)| (name, period as f64 / total))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(n);
+        ranked
+    }
 }
 
 #[cfg(test)]
@@ -674,6 +701,20 @@ mod tests {
         assert_eq!(wall.losses.lost(), 4);
         let err = profile.sum_events(&[0, 2], "x".into()).unwrap_err();
         assert!(err.contains("one unit"), "{err}");
+    }
+
+    /// The innermost user frame of each stack ranks user functions, past the kernel's frames.
+    #[test]
+    fn user_leaves_skip_kernel_frames() {
+        let mut profile = one_event("off-cpu", Unit::Nanoseconds);
+        let frames = ["main", "wait", "read_[k]", "schedule_[k]"];
+        profile.add_named(0, Labels::default(), &frames, value(1, 300));
+        profile.add_named(0, Labels::default(), &["main", "nap_[k]"], value(1, 100));
+        profile.add_named(0, Labels::default(), &["idle_[k]"], value(1, 100));
+        assert_eq!(
+            profile.hottest_user_leaves(0, 5),
+            [("wait".to_owned(), 0.6), ("main".to_owned(), 0.2)]
+        );
     }
 
     /// Adding the same names again accumulates into one stack: locations and labels are

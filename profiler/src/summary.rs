@@ -160,9 +160,17 @@ fn render_event(out: &mut String, profile: &Profile, index: usize, seconds: f64)
             reasons.join(", ")
         );
     }
-    let hottest = profile.hottest_self(index, HOTTEST);
+    // Off-CPU stacks all end in the scheduler: where they blocked is the user frame below.
+    let (heading, hottest) = if off_cpu {
+        (
+            "blocked in (innermost user frame)",
+            profile.hottest_user_leaves(index, HOTTEST),
+        )
+    } else {
+        ("hottest (self)", profile.hottest_self(index, HOTTEST))
+    };
     if !hottest.is_empty() {
-        let _ = writeln!(out, "  hottest (self):");
+        let _ = writeln!(out, "  {heading}:");
         for (frame, share) in hottest {
             let _ = writeln!(out, "    {:5.1}%  {}", share * 100.0, frame);
         }
@@ -242,6 +250,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("3 blocks dropped"), "{text}");
+        assert!(
+            text.contains("blocked in (innermost user frame):\n    100.0%  wait"),
+            "{text}"
+        );
         assert!(text.contains("raise --off-cpu-tasks"), "{text}");
         assert!(
             text.contains("left out: 9 blocks shorter than --off-cpu-min-us"),

@@ -465,6 +465,23 @@ mod tests {
 
     /// An empty file gives the documented defaults: 19 Hz cycles in 10-second windows,
     /// HTTP on 127.0.0.1:6060, no push and no directory.
+    /// `off_cpu = true` adds the off-CPU event once, after the listed ones, with its minimum
+    /// block time and map size.
+    #[test]
+    fn off_cpu_keys() {
+        let config: AgentConfig = toml::from_str(
+            "events = [\"cpu-clock\"]\noff_cpu = true\noff_cpu_min_us = 50\noff_cpu_tasks = 99\n",
+        )
+        .unwrap();
+        let names: Vec<String> = config.recorded_events().iter().map(Event::name).collect();
+        assert_eq!(names, ["cpu-clock", "off-cpu"]);
+        assert_eq!((config.off_cpu_min_us, config.off_cpu_tasks), (50, 99));
+        let listed: AgentConfig =
+            toml::from_str("events = [\"off-cpu\"]\noff_cpu = true\n").unwrap();
+        assert_eq!(listed.recorded_events().len(), 1);
+        assert!(toml::from_str::<AgentConfig>("off_cpu_tasks = 0\n").is_err());
+    }
+
     #[test]
     fn defaults() {
         let config = parse_ok("");

@@ -166,6 +166,32 @@ fn sys_enter_write_counts_each_write_once() {
     );
 }
 
+/// A tracepoint's program runs wherever the tracepoint fires, so it checks the CPU itself:
+/// with `-C 0`, writes made on CPU 1 are not counted, writes made on CPU 0 are.
+#[test]
+fn tracepoints_count_only_the_recorded_cpus() {
+    let _serial = serial();
+    assert!(
+        std::thread::available_parallelism().unwrap().get() >= 2,
+        "this test needs 2 CPUs, as the machines prof is tested on have"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cpu.folded");
+    let on_cpu = |cpu: &str| {
+        let command = [
+            "taskset".into(),
+            "-c".into(),
+            cpu.into(),
+            workload("writes").into_os_string(),
+            "300".into(),
+        ];
+        record_ok("syscalls:sys_enter_write", &[&out], &["-C", "0"], &command);
+        weight(&of(read_folded(&out), "writes"), |_| true)
+    };
+    assert_eq!(on_cpu("1"), 0, "writes on CPU 1 are not recorded");
+    assert_eq!(on_cpu("0"), 300, "writes on CPU 0 are");
+}
+
 /// Sampling events, a tracepoint and off-CPU time in one recording: three flame graphs, and
 /// one pprof file with all three events, which `go tool pprof` reads.
 #[test]

@@ -109,9 +109,9 @@ static __always_inline void start_block(void *ctx, __u32 tid, __u64 now)
 	block.generation = current_generation();
 	/* At a tracepoint the thread is in the kernel: its user stack is in its saved registers. */
 	if (block.generation)
-		take_stacks(ctx, cookie, 0, &stacks_1, &block.key);
+		take_stacks(ctx, cookie, NULL, &stacks_1, &block.key);
 	else
-		take_stacks(ctx, cookie, 0, &stacks_0, &block.key);
+		take_stacks(ctx, cookie, NULL, &stacks_0, &block.key);
 	bump(event, PROF_STAT_BLOCKS_STARTED);
 	bpf_map_update_elem(&off_cpu_blocks, &tid, &block, BPF_ANY);
 }

@@ -41,8 +41,8 @@ int on_tracepoint(void *ctx)
 			return 0;
 		*hits = 0;
 	}
-	/* A tracepoint fires in the kernel: there is a kernel stack, and user registers to walk. */
-	count_sample(ctx, cookie, tgid, tracepoint_period, 0);
+	/* A tracepoint fires in the kernel: a kernel stack, and the user registers it saved. */
+	count_sample(ctx, cookie, tgid, tracepoint_period, NULL);
 	/* 0: nothing for perf's own ring buffer, which prof does not read. */
 	return 0;
 }

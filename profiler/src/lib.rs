@@ -26,4 +26,5 @@ pub mod summary;
 pub mod symbolize;
 pub mod text;
 pub mod tracefs;
+pub mod unwind;
 pub mod workload;

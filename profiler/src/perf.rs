@@ -186,7 +186,9 @@ const SIDE_BAND_BYTES: usize = 256 << 10;
 /// Opens the side-band event on `cpu`: a dummy software event that reports every process's
 /// executable mappings (MMAP2, with build ids where the kernel can), names (COMM), forks and
 /// exits, all timestamped with CLOCK_MONOTONIC so records from different CPUs can be ordered.
-pub fn open_side_band(cpu: u32) -> Result<Sampler, PerfError> {
+/// With `wake_on_each`, a reader polling the ring wakes on every record rather than only on
+/// its own schedule: the unwinder needs a new mapping within microseconds, not 20 ms.
+pub fn open_side_band(cpu: u32, wake_on_each: bool) -> Result<Sampler, PerfError> {
     let open = |with_build_id: bool| -> io::Result<Sampler> {
         let mut builder = Builder::new(Software::DUMMY);
         builder
@@ -202,6 +204,9 @@ pub fn open_side_band(cpu: u32) -> Result<Sampler, PerfError> {
             .clockid(Clock::MONOTONIC)
             .build_id(with_build_id)
             .enabled(true);
+        if wake_on_each {
+            builder.wakeup_watermark(1);
+        }
         builder.build()?.sampled(SIDE_BAND_BYTES)
     };
     // Build ids in MMAP2 need Linux 5.12; older kernels give EINVAL, and inode ids do.

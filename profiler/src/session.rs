@@ -9,19 +9,24 @@
 //!    current, the sampling program linked to every (CPU, sampling event), still disabled,
 //!    and the tracepoint and off-CPU programs linked once to their tracepoints (those run
 //!    from then on: a tracepoint's programs do not wait for its perf event to be enabled);
-//! 4. [`BpfProfiler::enable`], by the caller, once it is ready for samples.
+//! 4. [`start_unwinder`]: with unwind tables, the thread that builds them and follows every
+//!    process's mappings through the side band;
+//! 5. [`BpfProfiler::enable`], by the caller, once it is ready for samples.
 //!
 //! In: the requested events, the sampling rate, the CPUs, a [`BpfConfig`] and the initial
-//! targets. Out: a [`Plan`], a [`SideBandReader`], a loaded [`BpfProfiler`].
+//! targets. Out: a [`Plan`], a [`SideBand`], a loaded [`BpfProfiler`], an [`Unwinder`].
 
+use crossbeam_channel::Receiver;
 use thiserror::Error;
 
 use crate::bpf::{BpfConfig, BpfError, BpfProfiler, CpuMask};
 use crate::cpus::{self, CpuError};
 use crate::events::{self, Event, EventError, EventKind};
 use crate::perf::{self, PerfError, Sampling};
+use crate::procs::TimedEvent;
 use crate::sideband::SideBandReader;
 use crate::tracefs::{Tracefs, TracefsError};
+use crate::unwind::{Interest, Unwinder};
 
 /// Why a recording cannot start as asked.
 #[derive(Debug, Error)]
@@ -121,14 +126,53 @@ fn check_sample_rate(sampling: Sampling) -> Result<(), SessionError> {
     Ok(())
 }
 
-/// Opens the side band on every CPU of the plan and starts reading it.
-pub fn start_side_band(plan: &Plan) -> Result<SideBandReader, PerfError> {
+/// The side band, and what it tells the unwinder.
+#[derive(Debug)]
+pub struct SideBand {
+    /// The reader, whose log builds the process table at the end.
+    pub reader: SideBandReader,
+    /// Each pass's events, for the unwinder, until it takes them.
+    tap: Option<Receiver<Vec<TimedEvent>>>,
+}
+
+/// Opens the side band on every CPU of the plan and starts reading it. With `for_unwinder`,
+/// it hands its events to the unwinder as they come; with `wake_on_each` too, it wakes on
+/// every record rather than every 20 ms, so that a new process's mappings reach the unwinder
+/// within microseconds (for a short command; the agent can wait).
+pub fn start_side_band(
+    plan: &Plan,
+    for_unwinder: bool,
+    wake_on_each: bool,
+) -> Result<SideBand, PerfError> {
     let samplers = plan
         .cpus
         .iter()
-        .map(|&cpu| perf::open_side_band(cpu))
+        .map(|&cpu| perf::open_side_band(cpu, for_unwinder && wake_on_each))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(SideBandReader::spawn(samplers))
+    let (sender, tap) = match for_unwinder {
+        true => {
+            let (sender, receiver) = crossbeam_channel::unbounded();
+            (Some(sender), Some(receiver))
+        }
+        false => (None, None),
+    };
+    Ok(SideBand {
+        reader: SideBandReader::spawn(samplers, sender),
+        tap,
+    })
+}
+
+/// Starts the unwinder over the maps of `bpf`, if it was loaded with unwind tables and the
+/// side band was opened for it. `initial` describes the processes that already run.
+pub fn start_unwinder(
+    bpf: &mut BpfProfiler,
+    side_band: &mut SideBand,
+    interest: Interest,
+    initial: Vec<TimedEvent>,
+) -> Option<Unwinder> {
+    let maps = bpf.take_unwind_maps()?;
+    let tap = side_band.tap.take()?;
+    Some(Unwinder::start(maps, interest, initial, tap))
 }
 
 /// Loads the BPF object with `config`, fills the target set with `targets` and follows

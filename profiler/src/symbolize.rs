@@ -156,6 +156,7 @@ impl Symbolizer {
             event.losses.map_full = stats.map_full;
             event.losses.blocks_short = stats.blocks_short;
             event.losses.blocks_dropped = stats.blocks_dropped;
+            event.losses.unwind = stats.unwind;
         }
         let unknown = profile.locations.intern(Location::unknown());
         let mut labels_of: HashMap<u32, u32> = HashMap::default();

@@ -11,10 +11,12 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 
 use super::abi::{
     GLOBAL_FORKS_UNTRACKED, GLOBAL_ROW, STAT_BLOCKS_SHORT, STAT_BLOCKS_STARTED, STAT_COUNT,
-    STAT_MAP_FULL, STAT_NO_STACK, STAT_SAMPLES, STAT_STACK_MAP_FULL, SampleKey, SampleValue,
-    StackTrace,
+    STAT_MAP_FULL, STAT_NO_STACK, STAT_SAMPLES, STAT_STACK_MAP_FULL, STAT_UNWIND_FRAME_LIMIT,
+    STAT_UNWIND_NO_TABLE, STAT_UNWIND_NOT_LOADED, STAT_UNWIND_TABLES_FULL, STAT_UNWIND_UNREADABLE,
+    STAT_UNWIND_UNSUPPORTED, SampleKey, SampleValue, StackTrace,
 };
 use super::{BpfError, BpfProfiler, map_err};
+use crate::profile::{UnwindStop, UnwindStops};
 
 /// One of the two generations of the counts and stack maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub struct EventStats {
     /// Off-CPU: blocks forgotten because more threads were blocked at once than the map of
     /// blocked threads holds (`--off-cpu-tasks`).
     pub blocks_dropped: u64,
+    /// Samples whose table-driven user-stack walk stopped early, by reason.
+    pub unwind: UnwindStops,
 }
 
 /// All in-kernel counters.
@@ -81,6 +85,33 @@ pub struct KernelStats {
     pub events: Vec<EventStats>,
     /// Children of targets that could not join the target set.
     pub forks_untracked: u64,
+}
+
+impl KernelStats {
+    /// What the counters gained since `earlier` (they only grow).
+    pub fn since(&self, earlier: &KernelStats) -> KernelStats {
+        let events = self
+            .events
+            .iter()
+            .enumerate()
+            .map(|(index, now)| {
+                let before = earlier.events.get(index).copied().unwrap_or_default();
+                EventStats {
+                    samples: now.samples.saturating_sub(before.samples),
+                    stack_map_full: now.stack_map_full.saturating_sub(before.stack_map_full),
+                    no_stack: now.no_stack.saturating_sub(before.no_stack),
+                    map_full: now.map_full.saturating_sub(before.map_full),
+                    blocks_short: now.blocks_short.saturating_sub(before.blocks_short),
+                    blocks_dropped: now.blocks_dropped.saturating_sub(before.blocks_dropped),
+                    unwind: now.unwind.since(&before.unwind),
+                }
+            })
+            .collect();
+        KernelStats {
+            events,
+            forks_untracked: self.forks_untracked.saturating_sub(earlier.forks_untracked),
+        }
+    }
 }
 
 impl BpfProfiler {
@@ -109,6 +140,17 @@ impl BpfProfiler {
             } else {
                 0
             };
+            let mut unwind = UnwindStops::default();
+            for (reason, stat) in [
+                (UnwindStop::NotLoaded, STAT_UNWIND_NOT_LOADED),
+                (UnwindStop::NoTable, STAT_UNWIND_NO_TABLE),
+                (UnwindStop::Unsupported, STAT_UNWIND_UNSUPPORTED),
+                (UnwindStop::Unreadable, STAT_UNWIND_UNREADABLE),
+                (UnwindStop::FrameLimit, STAT_UNWIND_FRAME_LIMIT),
+                (UnwindStop::TablesFull, STAT_UNWIND_TABLES_FULL),
+            ] {
+                unwind.set(reason, read(row, stat)?);
+            }
             result.events.push(EventStats {
                 samples,
                 stack_map_full: read(row, STAT_STACK_MAP_FULL)?,
@@ -116,6 +158,7 @@ impl BpfProfiler {
                 map_full: read(row, STAT_MAP_FULL)?,
                 blocks_short,
                 blocks_dropped,
+                unwind,
             });
         }
         result.forks_untracked = read(GLOBAL_ROW, GLOBAL_FORKS_UNTRACKED)?;

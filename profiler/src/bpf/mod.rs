@@ -9,6 +9,7 @@
 //! - [`offcpu`]: the off-CPU program on the scheduler's switch, and the threads blocked now;
 //! - [`targets`]: the raw tracepoints that keep the target set current across fork and exit;
 //! - [`maps`]: reading and clearing what the programs counted, in two generations;
+//! - [`unwind`]: the maps of the table-driven user-stack walk;
 //! - [`cost`]: BPF run-time statistics, prof's own cost;
 //! - [`sys`]: the raw `bpf()` calls aya does not offer;
 //! - [`abi`]: the layouts shared with the C side, checked against the compiled object.
@@ -25,6 +26,7 @@ pub mod sampling;
 pub mod sys;
 pub mod targets;
 pub mod tracepoint;
+pub mod unwind;
 
 use std::io;
 use std::time::Duration;
@@ -44,6 +46,7 @@ pub use abi::{
 pub use cost::{Program, RunStats, RunStatsGuard, enable_run_stats};
 pub use maps::{EventStats, Generation, KernelStats};
 pub use sampling::PerfLink;
+pub use unwind::{UnwindMaps, UnwindSizes};
 
 /// How to load the program.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +69,9 @@ pub struct BpfConfig {
     pub off_cpu_min: Duration,
     /// Blocked threads the off-CPU program can follow at once (`--off-cpu-tasks`).
     pub off_cpu_tasks: u32,
+    /// Walk user stacks with unwind tables, with maps of these sizes; `None`: frame pointers
+    /// only (`--unwind fp`).
+    pub unwind: Option<UnwindSizes>,
 }
 
 /// Blocked threads the off-CPU program follows at once by default: about 2 MB of kernel
@@ -73,8 +79,8 @@ pub struct BpfConfig {
 pub const DEFAULT_OFF_CPU_TASKS: u32 = 16384;
 
 impl Default for BpfConfig {
-    /// `prof record`'s defaults: no target filter, the default map sizes, one generation,
-    /// every tracepoint hit counted on every CPU, every block counted.
+    /// `prof record`'s map sizes, no target filter, one generation, every tracepoint hit
+    /// counted on every CPU, every block counted, and user stacks walked by frame pointer.
     fn default() -> BpfConfig {
         BpfConfig {
             filter_tgids: false,
@@ -85,6 +91,7 @@ impl Default for BpfConfig {
             cpus: CpuMask::ALL,
             off_cpu_min: Duration::ZERO,
             off_cpu_tasks: DEFAULT_OFF_CPU_TASKS,
+            unwind: None,
         }
     }
 }
@@ -132,6 +139,14 @@ pub enum BpfError {
          programs with BPF perf links, Linux 5.15 or later)"
     )]
     OffCpu(#[source] Box<BpfError>),
+    /// Mapping a BPF map into memory failed.
+    #[error("mmap of BPF map `{map}` failed")]
+    Mmap {
+        /// The map's name.
+        map: &'static str,
+        /// The errno.
+        source: io::Error,
+    },
     /// `bpf(BPF_ENABLE_STATS)` failed.
     #[error("turning on BPF run-time statistics (bpf BPF_ENABLE_STATS) failed")]
     EnableStats(#[source] io::Error),
@@ -145,7 +160,10 @@ impl BpfError {
         if let BpfError::Perf(err) = self {
             return Some(err.io_error());
         }
-        if let BpfError::EnableStats(err) | BpfError::Link { source: err, .. } = self {
+        if let BpfError::EnableStats(err)
+        | BpfError::Link { source: err, .. }
+        | BpfError::Mmap { source: err, .. } = self
+        {
             return Some(err);
         }
         while let Some(err) = source {
@@ -178,6 +196,7 @@ pub struct BpfProfiler {
     generation: Generation,
     /// The index of the off-CPU event, once [`BpfProfiler::attach_off_cpu`] linked it.
     off_cpu_event: Option<usize>,
+    unwind: Option<UnwindMaps>,
 }
 
 impl BpfProfiler {
@@ -194,11 +213,22 @@ impl BpfProfiler {
         } else {
             (1, 1)
         };
+        let unwind_tables = u8::from(config.unwind.is_some());
+        // Unused unwind maps get one entry each: they reserve nothing.
+        let sizes = config.unwind.unwrap_or(UnwindSizes {
+            rows: 1,
+            files: 1,
+            processes: 1,
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global("filter_tgids", &filter, true)
             .override_global("tracepoint_period", &period, true)
             .override_global("off_cpu_min_ns", &off_cpu_min_ns, true)
             .override_global("sampled_cpus", &config.cpus.0, true)
+            .override_global("unwind_tables", &unwind_tables, true)
+            .map_max_entries(unwind::ROWS, sizes.rows)
+            .map_max_entries(unwind::FILES, sizes.files)
+            .map_max_entries(unwind::PROCS, sizes.processes)
             .map_max_entries("stacks_0", config.stack_storage_size)
             .map_max_entries("counts_0", config.counts_map_size)
             .map_max_entries("stacks_1", second_stacks)
@@ -208,12 +238,28 @@ impl BpfProfiler {
             .map_max_entries("off_cpu_blocks", config.off_cpu_tasks.max(1))
             .load(PROGRAM_OBJECT)?;
         sampling::load(&mut ebpf)?;
+        let unwind = match config.unwind {
+            Some(sizes) => {
+                let mut take = |name| ebpf.take_map(name).expect("the object defines the map");
+                let (rows, files, procs) =
+                    (take(unwind::ROWS), take(unwind::FILES), take(unwind::PROCS));
+                Some(UnwindMaps::new(rows, files, procs, sizes)?)
+            }
+            None => None,
+        };
         Ok(BpfProfiler {
             ebpf,
             links: Vec::new(),
             generation: Generation::First,
             off_cpu_event: None,
+            unwind,
         })
+    }
+
+    /// The unwinder's maps, for the one who keeps the tables current; `None` without
+    /// tables, or once taken.
+    pub fn take_unwind_maps(&mut self) -> Option<UnwindMaps> {
+        self.unwind.take()
     }
 
     /// The map `name`, which the object defines.

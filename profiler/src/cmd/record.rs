@@ -11,14 +11,15 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats, Program};
+use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats, Program, UnwindSizes};
 use prof::events::{self, Event};
 use prof::export::{self, OutputFile, flamegraph};
 use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
-use prof::profile::{Profile, SamplingCost, TracingCost, TracingProgram};
+use prof::profile::{Profile, SamplingCost, TracingCost, TracingProgram, UnwindTables};
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::text::thousands;
+use prof::unwind::{self, Interest, UnwindStats, Unwinder};
 use prof::workload::{self, Workload};
 use prof::{drain, privilege, session, summary};
 
@@ -63,6 +64,9 @@ pub struct RecordConfig {
     pub off_cpu_min: Duration,
     /// `--off-cpu-tasks`.
     pub off_cpu_tasks: u32,
+    /// `--unwind` and `--unwind-table-size`: the unwinder's map sizes; `None` for frame
+    /// pointers only.
+    pub unwind: Option<UnwindSizes>,
     /// How to draw flame graphs.
     pub flame: flamegraph::Options,
 }
@@ -106,7 +110,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let stop = stop_on_signals()?;
 
     // The side band starts first, so that no fork, exec or mmap of a target is missed.
-    let side_band = session::start_side_band(&plan)?;
+    let mut side_band = session::start_side_band(&plan, config.unwind.is_some(), true)?;
 
     let mut workload = match &config.target {
         Target::Command { argv, .. } => Some(Workload::prepare(argv)?),
@@ -138,11 +142,37 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             counts_map_size: config.counts_map_size,
             off_cpu_min: config.off_cpu_min,
             off_cpu_tasks: config.off_cpu_tasks,
+            unwind: config.unwind,
             ..BpfConfig::default()
         },
         &targets,
     )
     .map_err(with_permission_hint)?;
+    let interest = match filter {
+        true => Interest::Targets(targets.iter().copied().collect()),
+        false => Interest::All,
+    };
+    // A command held before its exec still maps prof: its tables come with the exec.
+    let initial = match config.target {
+        Target::Command { .. } if filter => Vec::new(),
+        _ => snapshots
+            .iter()
+            .map(|event| TimedEvent {
+                time: snapshot_time,
+                event: event.clone(),
+            })
+            .collect(),
+    };
+    let unwinder = session::start_unwinder(&mut bpf, &mut side_band, interest, initial);
+    // The command's own files are loaded before it starts, so it is unwound from its
+    // first sample; whatever it maps later is built while it runs.
+    if let (Some(unwinder), Target::Command { argv, .. }) = (&unwinder, &config.target)
+        && let Ok(program) = workload::find_program(&argv[0])
+    {
+        let started = Instant::now();
+        unwinder.preload(unwind::files::startup_files(&program));
+        tracing::debug!(elapsed = ?started.elapsed(), "command's unwind tables loaded");
+    }
     // BPF run-time statistics measure what sampling costs; they stay on only while we record.
     let run_stats_guard = match prof::bpf::enable_run_stats() {
         Ok(guard) => Some(guard),
@@ -185,7 +215,18 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     };
     let exit_code = finish_workload(workload, stopped)?;
 
-    let log = side_band.stop();
+    let log = side_band.reader.stop();
+    let unwind_tables = match unwinder.map(Unwinder::stop) {
+        Some(Ok(stats)) => Some(unwind_tables(&stats)),
+        Some(Err(err)) => {
+            eprintln!(
+                "prof: warning: the unwinder failed: {:#}",
+                anyhow::Error::new(err)
+            );
+            None
+        }
+        None => None,
+    };
     let stage = Instant::now();
     let drained = drain::drain(&bpf, plan.events.len())?;
     tracing::debug!(entries = drained.samples.len(), elapsed = ?stage.elapsed(), "drained the counts map");
@@ -223,6 +264,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         side_band_lost: log.lost_records,
         sampling_cost,
         tracing_costs,
+        unwind_tables,
         ..Symbolizer::new().symbolize(&drained, &processes, &infos)
     };
     tracing::debug!(elapsed = ?stage.elapsed(), "symbolized");
@@ -271,6 +313,25 @@ fn program_costs(
         }
     }
     (sampling, tracing)
+}
+
+/// What the summary says of the unwind tables.
+pub(crate) fn unwind_tables(stats: &UnwindStats) -> UnwindTables {
+    let sizes = stats.sizes.unwrap_or(UnwindSizes {
+        rows: 0,
+        files: 0,
+        processes: 0,
+    });
+    UnwindTables {
+        files: stats.store.files_loaded,
+        rows: stats.store.rows_used,
+        capacity: u64::from(sizes.rows),
+        reserved_bytes: sizes.reserved_bytes(),
+        process_bytes_at_most: sizes.process_bytes_at_most(),
+        build_time: stats.build_time,
+        evictions: stats.store.evictions,
+        files_full: stats.store.files_full,
+    }
 }
 
 /// Adds the privilege fix to permission errors from the kernel.

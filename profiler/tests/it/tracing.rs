@@ -76,6 +76,52 @@ fn off_cpu_time_keeps_the_sleep_ratio() {
     assert!(stderr.contains("off-cpu cost: "), "{stderr}");
 }
 
+/// Off-CPU stacks are walked by the same unwinder as samples: in a program built without
+/// frame pointers that sleeps through libc, the unwind tables find main and the napping
+/// function above libc's nanosleep, and keep the 3:1 split; with `--unwind fp` the kernel's
+/// frame-pointer walker loses them.
+#[test]
+fn off_cpu_stacks_use_the_unwind_tables() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("naps.folded");
+    let command = [workload("naps_nofp").into_os_string()];
+    let record = |flags: &[&str]| {
+        let output = record_ok("off-cpu", &[&out], flags, &command);
+        (
+            of(read_folded(&out), "naps_nofp"),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let under = |f: &[String], caller: &str| {
+        let main = f.iter().position(|x| x == "main");
+        let napping = f.iter().position(|x| x == caller);
+        let sleep = f.iter().position(|x| x.contains("nanosleep"));
+        matches!((main, napping, sleep), (Some(m), Some(n), Some(s)) if m < n && n < s)
+    };
+    let (stacks, stderr) = record(&[]);
+    assert_share(
+        &stacks,
+        |_| true,
+        |f| under(f, "nap_long") || under(f, "nap_short"),
+        0.9,
+        &format!("blocked time under main, a nap function and nanosleep\n{stderr}"),
+    );
+    let ratio = weight(&stacks, |f| under(f, "nap_long")) as f64
+        / weight(&stacks, |f| under(f, "nap_short")).max(1) as f64;
+    assert!(
+        (2.7..=3.3).contains(&ratio),
+        "nap_long:nap_short = {ratio:.3}"
+    );
+
+    let (stacks, _) = record(&["--unwind", "fp"]);
+    assert_eq!(
+        weight(&stacks, |f| has_frame(f, "nap_long")),
+        0,
+        "frame pointers alone skip the napping function: {stacks:?}"
+    );
+}
+
 /// A thread blocked reading a pipe shows the function that reads, with the kernel's pipe
 /// read and the scheduler above it, in the off-CPU graph.
 #[test]

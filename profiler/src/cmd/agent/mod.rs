@@ -146,7 +146,11 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     };
 
     let stop = stop_on_signals()?;
-    let side_band = session::start_side_band(&plan)?;
+    let unwind = config
+        .sampling
+        .unwind
+        .sizes(config.sampling.unwind_table_size);
+    let mut side_band = session::start_side_band(&plan, unwind.is_some(), false)?;
     let snapshot_time = procs::monotonic_now();
     let snapshots: Vec<TimedEvent> = procs::snapshot_all()
         .into_iter()
@@ -166,11 +170,18 @@ pub fn run(config: AgentConfig) -> Result<u8> {
             double_buffer: true,
             off_cpu_min: Duration::from_micros(config.off_cpu_min_us),
             off_cpu_tasks: config.off_cpu_tasks,
+            unwind,
             ..BpfConfig::default()
         },
         &[],
     )
     .map_err(hint)?;
+    let unwinder = session::start_unwinder(
+        &mut bpf,
+        &mut side_band,
+        prof::unwind::Interest::All,
+        snapshots.clone(),
+    );
     bpf.enable()?;
     tracing::info!(
         events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(),
@@ -218,7 +229,8 @@ pub fn run(config: AgentConfig) -> Result<u8> {
 
     let mut sampler = Sampler {
         bpf,
-        side_band,
+        side_band: side_band.reader,
+        unwinder,
         processes: ProcessTable::build(snapshots),
         symbolizer: Symbolizer::with_debug_info(config.debug_info),
         symbolizer_born: Instant::now(),
@@ -298,6 +310,8 @@ pub fn run(config: AgentConfig) -> Result<u8> {
 struct Sampler {
     bpf: BpfProfiler,
     side_band: SideBandReader,
+    /// Keeps the unwind tables current, across windows.
+    unwinder: Option<prof::unwind::Unwinder>,
     processes: ProcessTable,
     symbolizer: Symbolizer,
     symbolizer_born: Instant,
@@ -341,7 +355,7 @@ impl Sampler {
             }
         }
         let cumulative = drained.stats.clone();
-        drained.stats = since(&cumulative, &self.previous_stats);
+        drained.stats = cumulative.since(&self.previous_stats);
         self.previous_stats = cumulative;
 
         let started = Instant::now();
@@ -433,6 +447,10 @@ impl Sampler {
         window.start = finished.end;
         window.end = finished.end;
         Ok(Closed {
+            unwind_tables: self
+                .unwinder
+                .as_ref()
+                .map(|u| crate::cmd::record::unwind_tables(&u.stats())),
             span: finished,
             symbolize_time,
             drain_time: started.elapsed(),
@@ -470,24 +488,9 @@ impl Sampler {
     }
 }
 
-/// The kernel counters gained since `previous` (they only grow).
-fn since(now: &KernelStats, previous: &KernelStats) -> KernelStats {
-    let mut delta = now.clone();
-    for (index, event) in delta.events.iter_mut().enumerate() {
-        let before = previous.events.get(index).copied().unwrap_or_default();
-        event.samples -= before.samples.min(event.samples);
-        event.stack_map_full -= before.stack_map_full.min(event.stack_map_full);
-        event.no_stack -= before.no_stack.min(event.no_stack);
-        event.map_full -= before.map_full.min(event.map_full);
-        event.blocks_short -= before.blocks_short.min(event.blocks_short);
-        event.blocks_dropped -= before.blocks_dropped.min(event.blocks_dropped);
-    }
-    delta.forks_untracked -= previous.forks_untracked.min(delta.forks_untracked);
-    delta
-}
-
 /// A window that just ended.
 struct Closed {
+    unwind_tables: Option<prof::profile::UnwindTables>,
     span: Span,
     symbolize_time: Duration,
     drain_time: Duration,
@@ -548,6 +551,7 @@ impl Exporter {
         metrics.side_band_lost += span.profile.side_band_lost;
         metrics.processes = closed.processes as u64;
         metrics.symbolizer_resets = closed.symbolizer_resets;
+        metrics.unwind_tables = closed.unwind_tables;
         match written {
             Some(true) => metrics.files_written += 1,
             Some(false) => metrics.file_failures += 1,

@@ -47,8 +47,25 @@ pub enum Command {
     /// where it shrank.
     #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
-    /// List the events prof knows and whether each works on this machine.
-    List,
+    /// List the events prof knows and whether each works on this machine, and the kernel's
+    /// tracepoint categories; with a CATEGORY, that category's tracepoints.
+    #[command(after_help = LIST_EXAMPLES)]
+    List(ListArgs),
+}
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  # Every event, whether it works here, and the tracepoint categories:
+  prof list
+  # The scheduler's tracepoints, to record as -e sched:<name>:
+  sudo prof list sched";
+
+/// `prof list` arguments.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// A tracepoint category (`sched`, `syscalls`, ...): list its tracepoints.
+    #[arg(value_name = "CATEGORY")]
+    pub category: Option<String>,
 }
 
 const AGENT_EXAMPLES: &str = "\
@@ -89,6 +106,10 @@ pub struct AgentArgs {
     /// Events to sample, comma-separated [default: cycles, or cpu-clock without a PMU].
     #[arg(short = 'e', long = "event", value_name = "LIST")]
     pub events: Option<String>,
+
+    /// Also profile off-CPU time (the `off-cpu` event, nanoseconds blocked).
+    #[arg(long)]
+    pub off_cpu: bool,
 
     /// Samples per second per CPU [default: 19].
     #[arg(short = 'F', long = "freq", value_name = "HZ", value_parser = frequency(), allow_negative_numbers = true)]
@@ -143,6 +164,7 @@ impl AgentArgs {
         if let Some(list) = &self.events {
             config.events = events::parse_list(list)?;
         }
+        config.off_cpu |= self.off_cpu;
         if let Some(freq) = self.freq {
             config.frequency = freq;
         }
@@ -179,6 +201,8 @@ Examples:
   prof report prof.pb.gz
   # A flame graph of one event, from prof's pprof or any other program's:
   prof report prof.pb.gz --event cpu-clock -o cpu.svg
+  # All of the threads' time, on CPU and blocked, in one graph (record with --off-cpu):
+  prof report prof.pb.gz --event cpu-clock+off-cpu -o wall.svg
   # Page faults per unit of CPU time: width is cpu-clock, red frames fault more:
   prof report prof.pb.gz --ratio page-faults/cpu-clock -o ratio.svg
   # A Go program's CPU profile, as a reversed (icicle) flame graph:
@@ -203,7 +227,9 @@ pub struct ReportArgs {
     #[arg(value_name = "FILE")]
     pub input: PathBuf,
 
-    /// Only these events (comma-separated or repeated); `prof report FILE` lists them.
+    /// Only these events (comma-separated or repeated); `prof report FILE` lists them. A
+    /// sum, A+B, adds events of one unit into one: cpu-clock+off-cpu is where threads spent
+    /// their time, running or blocked (the wall-clock view).
     #[arg(
         long = "event",
         short = 'e',
@@ -354,6 +380,11 @@ Examples:
   sudo prof record -p 1234 -d 10 -o app.folded
   # The whole machine for 5 s, into prof.svg:
   sudo prof record -a -d 5
+  # Where a command waits as well as where it runs: prof.cpu-clock.svg, prof.off-cpu.svg,
+  # and both in prof.pb.gz (`prof report prof.pb.gz -e cpu-clock+off-cpu -o wall.svg`):
+  sudo prof record -e cpu-clock --off-cpu -o prof.svg -o prof.pb.gz -- ./app
+  # Every write(2) of a command, with its stacks (`prof list syscalls` lists the others):
+  sudo prof record -e syscalls:sys_enter_write -o writes.svg -- ./app
 
 Recording stops when the command exits, after --duration, or on Ctrl-C, SIGTERM or SIGHUP; the
 outputs are written in every case, and a second signal quits at once. prof needs root, or
@@ -363,8 +394,9 @@ CAP_BPF and CAP_PERFMON.";
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Events to sample, comma-separated (perf names: cycles, cpu-clock, page-faults,
-    /// LLC-load-misses, r1a8, ...; add :u or :k for user or kernel only). `prof list` shows
-    /// them all. Without a hardware PMU, cycles falls back to cpu-clock.
+    /// LLC-load-misses, r1a8, ...; add :u or :k for user or kernel only), tracepoints as
+    /// category:name (sched:sched_switch, counted on every hit), and off-cpu. `prof list`
+    /// shows them all. Without a hardware PMU, cycles falls back to cpu-clock.
     #[arg(
         short = 'e',
         long = "event",
@@ -372,6 +404,20 @@ pub struct RecordArgs {
         default_value = "cycles"
     )]
     pub events: String,
+
+    /// Also record off-CPU time: where threads block (sleeps, locks, I/O), weighted by the
+    /// nanoseconds they stay blocked, as the event `off-cpu`.
+    #[arg(long)]
+    pub off_cpu: bool,
+
+    /// Leave out blocks shorter than this many microseconds (--off-cpu).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub off_cpu_min_us: u64,
+
+    /// Threads the kernel follows while they are blocked (--off-cpu); raise it when the summary
+    /// reports dropped blocks.
+    #[arg(long, value_name = "N", default_value_t = prof::bpf::DEFAULT_OFF_CPU_TASKS)]
+    pub off_cpu_tasks: u32,
 
     /// Samples per second per CPU; the kernel adjusts the period to match [default: 999]
     #[arg(
@@ -384,7 +430,8 @@ pub struct RecordArgs {
     )]
     pub freq: Option<u64>,
 
-    /// Take one sample every N events instead of sampling at a frequency.
+    /// Take one sample every N events instead of sampling at a frequency (tracepoints: count
+    /// one hit in N; by default every hit counts).
     #[arg(short = 'c', long = "period", value_name = "N", value_parser = RangedI64ValueParser::<u64>::new().range(1..=i64::MAX), allow_negative_numbers = true)]
     pub period: Option<u64>,
 
@@ -518,7 +565,10 @@ const DEFAULT_FREQ: u64 = 999;
 impl RecordArgs {
     /// Validates the flags and turns them into a [`RecordConfig`].
     pub fn into_config(self) -> Result<RecordConfig> {
-        let events = events::parse_list(&self.events)?;
+        let events = with_off_cpu(events::parse_list(&self.events)?, self.off_cpu)?;
+        if self.off_cpu_tasks == 0 {
+            bail!("--off-cpu-tasks must be at least 1");
+        }
         let sampling = match (self.freq, self.period) {
             (_, Some(period)) => Sampling::Period(period),
             (freq, None) => Sampling::Frequency(freq.unwrap_or(DEFAULT_FREQ)),
@@ -554,9 +604,27 @@ impl RecordArgs {
             outputs: self.outputs,
             stack_storage_size: self.stack_storage_size,
             counts_map_size: self.counts_map_size,
+            off_cpu_min: Duration::from_micros(self.off_cpu_min_us),
+            off_cpu_tasks: self.off_cpu_tasks,
             flame: self.flame.into_options()?,
         })
     }
+}
+
+/// `events` with the off-CPU event appended when `--off-cpu` asks for it (once, if `-e`
+/// named it too).
+fn with_off_cpu(mut events: Vec<events::Event>, off_cpu: bool) -> Result<Vec<events::Event>> {
+    let has = events.iter().any(|e| e.kind == events::EventKind::OffCpu);
+    if off_cpu && !has {
+        if events.len() >= events::MAX_EVENTS {
+            bail!(
+                "{} events requested with --off-cpu; prof records at most 32 at once",
+                events.len() + 1
+            );
+        }
+        events.push(events::Event::off_cpu());
+    }
+    Ok(events)
 }
 
 /// `-F`: at least 1 Hz; the kernel's own limit is checked when recording starts.
@@ -686,7 +754,7 @@ impl Cli {
                 limits: args.limits.into_limits(),
                 flame: args.flame.into_options()?,
             }),
-            Command::List => crate::cmd::list::run(),
+            Command::List(args) => crate::cmd::list::run(args.category.as_deref()),
         }
     }
 }

@@ -29,5 +29,6 @@ pub mod sideband;
 pub mod summary;
 pub mod symbolize;
 pub mod text;
+pub mod tracefs;
 pub mod unwind;
 pub mod workload;

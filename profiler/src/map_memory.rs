@@ -285,8 +285,8 @@ mod tests {
             filter_tgids: false,
             stack_storage_size: sizes.stacks,
             counts_map_size: sizes.counts,
-            double_buffer: false,
             unwind: Some(crate::unwind::sizes(sizes.unwind_rows)),
+            ..crate::bpf::BpfConfig::default()
         })
         .expect("loading the BPF program (run the tests as root)");
         let maps: Vec<std::collections::HashMap<String, u64>> =

@@ -196,6 +196,8 @@ impl Symbolizer {
             event.losses.stack_map_full = stats.stack_map_full;
             event.losses.no_stack = stats.no_stack;
             event.losses.map_full = stats.map_full;
+            event.losses.blocks_short = stats.blocks_short;
+            event.losses.blocks_dropped = stats.blocks_dropped;
             event.losses.unwind = stats.unwind;
         }
         let unknown = profile.locations.intern(Location::unknown());

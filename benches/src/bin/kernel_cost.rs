@@ -173,13 +173,7 @@ fn measure(
     // Let every thread reach the bottom of its recursion.
     sleep(Duration::from_millis(300));
 
-    let mut bpf = BpfProfiler::load(&BpfConfig {
-        filter_tgids: false,
-        stack_storage_size: 32768,
-        counts_map_size: 65536,
-        double_buffer: false,
-        unwind: None,
-    })?;
+    let mut bpf = BpfProfiler::load(&BpfConfig::default())?;
     for (index, event) in events.iter().enumerate() {
         bpf.attach(index, event, Sampling::Frequency(args.frequency), cpus)?;
     }

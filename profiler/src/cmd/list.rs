@@ -1,14 +1,20 @@
-//! `prof list`: every event name and whether it works here, and why not.
+//! `prof list`: every event name and whether it works here, and why not, and the kernel's
+//! tracepoint categories; `prof list CATEGORY`: the tracepoints of one category.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use anyhow::{Context, Result};
 
 use prof::events::{self, EventKind};
 use prof::perf;
+use prof::tracefs::Tracefs;
 
-/// Prints the event table to stdout.
-pub fn run() -> Result<u8> {
+/// Prints the event table, or with `category` that category's tracepoints, to stdout.
+pub fn run(category: Option<&str>) -> Result<u8> {
+    if let Some(category) = category {
+        return list_category(category);
+    }
     let mut rows = Vec::new();
     for named in events::NAMED_EVENTS {
         let mut name = named.name.to_owned();
@@ -37,12 +43,78 @@ pub fn run() -> Result<u8> {
         EventKind::Raw.label().to_owned(),
         raw,
     ]);
-    let mut out = io::stdout().lock();
+    let tracefs = Tracefs::open();
+    let off_cpu = match &tracefs {
+        Ok(fs) => match fs.id(events::SCHED_SWITCH.0, events::SCHED_SWITCH.1) {
+            Ok(_) => "yes (prof record --off-cpu)".to_owned(),
+            Err(err) => format!("no: {err}"),
+        },
+        Err(err) => format!("no: {err}"),
+    };
+    rows.push([
+        events::OFF_CPU.to_owned(),
+        EventKind::OffCpu.label().to_owned(),
+        off_cpu,
+    ]);
     let mut text = table(&rows);
     text.push_str(
         "\nModifiers: append :u to sample only user code, :k for only kernel code (e.g. \
-         cpu-clock:u).\n",
+         cpu-clock:u);\non tracepoints and off-cpu they choose the stacks taken (user only, \
+         kernel only).\n\n",
     );
+    let categories = tracefs.and_then(|fs| {
+        let categories = fs.categories()?;
+        let mut counted = Vec::with_capacity(categories.len());
+        for category in categories {
+            let events = fs.events(&category)?.len();
+            counted.push((category, events));
+        }
+        Ok(counted)
+    });
+    match categories {
+        Ok(categories) => {
+            let _ = writeln!(
+                text,
+                "Tracepoint categories ({}), with their number of tracepoints. Record one as \
+                 -e category:name; `prof list CATEGORY` lists a category's tracepoints:",
+                categories.len()
+            );
+            let cells: Vec<String> = categories
+                .iter()
+                .map(|(category, events)| format!("{category} ({events})"))
+                .collect();
+            for row in cells.chunks(4) {
+                let row: Vec<String> = row.iter().map(|cell| format!("{cell:<24}")).collect();
+                let _ = writeln!(text, "  {}", row.join("").trim_end());
+            }
+        }
+        Err(err) => {
+            let _ = writeln!(text, "Tracepoints: not available here: {err}");
+        }
+    }
+    print(&text)
+}
+
+/// Prints `category:name` for each tracepoint of `category`.
+fn list_category(category: &str) -> Result<u8> {
+    let fs = Tracefs::open()?;
+    let names = fs.events(category)?;
+    let mut text = String::new();
+    for name in &names {
+        let _ = writeln!(text, "{category}:{name}");
+    }
+    let _ = writeln!(
+        text,
+        "\n{} tracepoints. Record one with: prof record -e {category}:{} ...",
+        names.len(),
+        names.first().map_or("NAME", String::as_str)
+    );
+    print(&text)
+}
+
+/// Writes `text` to stdout.
+fn print(text: &str) -> Result<u8> {
+    let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .context("writing to stdout")?;

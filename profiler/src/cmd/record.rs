@@ -11,12 +11,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats, UnwindSizes};
+use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats, Program, UnwindSizes};
 use prof::events::{self, Event};
 use prof::export::{self, OutputFile, flamegraph};
 use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
-use prof::profile::{Profile, SamplingCost, UnwindTables};
+use prof::profile::{Profile, SamplingCost, TracingCost, TracingProgram, UnwindTables};
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::text::thousands;
 use prof::unwind::{self, Interest, UnwindStats, Unwinder};
@@ -60,6 +60,10 @@ pub struct RecordConfig {
     pub stack_storage_size: u32,
     /// `--counts-map-size`.
     pub counts_map_size: u32,
+    /// `--off-cpu-min-us`.
+    pub off_cpu_min: Duration,
+    /// `--off-cpu-tasks`.
+    pub off_cpu_tasks: u32,
     /// `--unwind` and `--unwind-table-size`: the unwinder's map sizes; `None` for frame
     /// pointers only.
     pub unwind: Option<UnwindSizes>,
@@ -142,8 +146,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             filter_tgids: filter,
             stack_storage_size: config.stack_storage_size,
             counts_map_size: config.counts_map_size,
-            double_buffer: false,
+            off_cpu_min: config.off_cpu_min,
+            off_cpu_tasks: config.off_cpu_tasks,
             unwind: config.unwind,
+            ..BpfConfig::default()
         },
         &targets,
     )
@@ -205,17 +211,13 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     )?;
     bpf.detach();
     let duration = started.elapsed();
-    let sampling_cost = match run_stats_guard.map(|_guard| bpf.run_stats()) {
-        Some(Ok(stats)) => Some(SamplingCost {
-            run_time: stats.run_time,
-            runs: stats.runs,
-            cpus: plan.cpus.len(),
-        }),
-        Some(Err(err)) => {
-            tracing::debug!("no sampling cost: {:#}", anyhow::Error::new(err));
-            None
-        }
-        None => None,
+    let (sampling_cost, tracing_costs) = match run_stats_guard {
+        Some(_guard) => program_costs(
+            &bpf,
+            plan.cpus.len(),
+            plan.events.iter().any(|e| e.kind.is_sampled()),
+        ),
+        None => (None, Vec::new()),
     };
     let exit_code = finish_workload(workload, stopped)?;
 
@@ -267,6 +269,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         forks_untracked: drained.stats.forks_untracked,
         side_band_lost: log.lost_records,
         sampling_cost,
+        tracing_costs,
         unwind_tables,
         ..Symbolizer::new().symbolize(&drained, &processes, &infos)
     };
@@ -276,6 +279,46 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     tracing::debug!(files = written.len(), elapsed = ?stage.elapsed(), "outputs written");
     tell(&summary::render(&profile, &written));
     Ok(exit_code)
+}
+
+/// What each program that ran cost, from BPF run-time statistics: the sampling program's,
+/// and the tracepoint and off-CPU programs'.
+fn program_costs(
+    bpf: &BpfProfiler,
+    cpus: usize,
+    sampled: bool,
+) -> (Option<SamplingCost>, Vec<TracingCost>) {
+    let mut sampling = None;
+    let mut tracing = Vec::new();
+    for program in Program::ALL {
+        let stats = match bpf.program_run_stats(program) {
+            Ok(Some(stats)) => stats,
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::debug!("no cost for {program:?}: {:#}", anyhow::Error::new(err));
+                continue;
+            }
+        };
+        let cost = SamplingCost {
+            run_time: stats.run_time,
+            runs: stats.runs,
+            cpus,
+        };
+        match program {
+            // A recording of tracepoints alone has no sampling program to speak of.
+            Program::Sampling if !sampled => {}
+            Program::Sampling => sampling = Some(cost),
+            Program::Tracepoint => tracing.push(TracingCost {
+                program: TracingProgram::Tracepoint,
+                cost,
+            }),
+            Program::OffCpu => tracing.push(TracingCost {
+                program: TracingProgram::OffCpu,
+                cost,
+            }),
+        }
+    }
+    (sampling, tracing)
 }
 
 /// What the summary says of the unwind tables.

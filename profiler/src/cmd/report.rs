@@ -1,6 +1,7 @@
 //! `prof report`: read a saved profile (pprof from prof or any other program, or folded
 //! stacks), then print its hottest functions or render it again: flame graphs, folded
-//! stacks, pprof, or a ratio flame graph of two of its events.
+//! stacks, pprof, or a ratio flame graph of two of its events. `--event a+b` adds events up
+//! into one, the wall-clock view `cpu-clock+off-cpu` among them.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use prof::events::file_name_part;
 use prof::export::limits::ReadLimits;
 use prof::export::{self, Format, flamegraph, pprof, ratio};
-use prof::profile::Profile;
+use prof::profile::{EventProfile, Profile};
 use prof::summary;
 
 use crate::cmd::record::write_outputs;
@@ -46,10 +47,9 @@ pub fn run(config: ReportConfig) -> Result<u8> {
     if !config.events.is_empty() {
         let mut wanted = Vec::new();
         for name in &config.events {
-            wanted.push(event_index(&profile, name)?);
+            wanted.push(selected_event(&profile, name)?);
         }
-        let events = std::mem::take(&mut profile.events);
-        profile.events = wanted.into_iter().map(|i| events[i].clone()).collect();
+        profile.events = wanted;
     }
     if config.outputs.is_empty() {
         let mut out = io::stdout().lock();
@@ -74,6 +74,24 @@ pub fn run(config: ReportConfig) -> Result<u8> {
         say!("prof: wrote {}", path.display());
     }
     Ok(0)
+}
+
+/// Event `name` of the profile, or the sum of events `a+b+...` (`cpu-clock+off-cpu`: all of a
+/// thread's time, running and blocked, in one graph).
+fn selected_event(profile: &Profile, name: &str) -> Result<EventProfile> {
+    if profile.event_index(name).is_none() && name.contains('+') {
+        let mut indices = Vec::new();
+        for part in name.split('+') {
+            if part.is_empty() {
+                bail!("`{name}`: a sum of events is EVENT+EVENT, e.g. cpu-clock+off-cpu");
+            }
+            indices.push(event_index(profile, part)?);
+        }
+        return profile
+            .sum_events(&indices, name.to_owned())
+            .map_err(anyhow::Error::msg);
+    }
+    Ok(profile.events[event_index(profile, name)?].clone())
 }
 
 /// The index of event `name` (a perf name, or the pprof sample type it maps to), or an

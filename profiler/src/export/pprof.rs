@@ -526,6 +526,15 @@ fn losses_comment(event: &EventProfile) -> String {
         "prof losses {}: kernel_samples={} stack_map_full={} no_stack={} map_full={}",
         event.name, losses.kernel_samples, losses.stack_map_full, losses.no_stack, losses.map_full
     );
+    // Off-CPU only; left out when zero so other events' comments stay as they were.
+    for (key, value) in [
+        ("blocks_short", losses.blocks_short),
+        ("blocks_dropped", losses.blocks_dropped),
+    ] {
+        if value > 0 {
+            text.push_str(&format!(" {key}={value}"));
+        }
+    }
     for (reason, samples) in &event.unknown {
         text.push_str(&format!(" unknown.{}={samples}", reason.key()));
     }
@@ -558,6 +567,8 @@ fn apply_losses_comment(comment: &str, events: &mut [EventProfile]) -> bool {
             "stack_map_full" => event.losses.stack_map_full = value,
             "no_stack" => event.losses.no_stack = value,
             "map_full" => event.losses.map_full = value,
+            "blocks_short" => event.losses.blocks_short = value,
+            "blocks_dropped" => event.losses.blocks_dropped = value,
             _ => {
                 if let Some(reason) = key
                     .strip_prefix("unknown.")

@@ -11,6 +11,7 @@ mod record;
 mod report;
 mod robust;
 mod symbols;
+mod tracing;
 mod unwind;
 
 use std::collections::HashMap;

@@ -131,7 +131,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     init_logging(&config.log);
     privilege::check("prof agent")?;
     let sampling = Sampling::Frequency(config.frequency);
-    let plan = session::plan(&config.events, sampling, None)?;
+    let plan = session::plan(&config.recorded_events(), sampling, None)?;
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
@@ -168,7 +168,10 @@ pub fn run(config: AgentConfig) -> Result<u8> {
             stack_storage_size: config.stack_storage_size,
             counts_map_size: config.counts_map_size,
             double_buffer: true,
+            off_cpu_min: Duration::from_micros(config.off_cpu_min_us),
+            off_cpu_tasks: config.off_cpu_tasks,
             unwind,
+            ..BpfConfig::default()
         },
         &[],
     )

@@ -477,6 +477,24 @@ fn label_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>
 mod tests {
     use super::*;
 
+    /// The shipped example config parses, and says what the defaults are: it documents
+    /// every key with its default value.
+    #[test]
+    fn shipped_config_is_the_defaults() {
+        let text = include_str!("../../../dist/agent.toml");
+        let shipped = parse_ok(text);
+        let defaults = AgentConfig::default();
+        assert_eq!(shipped.sampling.unwind, defaults.sampling.unwind);
+        assert_eq!(
+            shipped.sampling.unwind_table_size,
+            defaults.sampling.unwind_table_size
+        );
+        let custom = parse_ok("[sampling]\nunwind = \"fp\"\nunwind_table_size = 1000\n");
+        assert_eq!(custom.sampling.unwind, UnwindMode::Fp);
+        assert_eq!(custom.sampling.unwind_table_size, 1000);
+        assert!(parse_err("[sampling]\nunwind = \"dwarf\"\n").contains("unwind"));
+    }
+
     fn parse_ok(text: &str) -> AgentConfig {
         parse(text, Path::new("agent.toml")).unwrap_or_else(|err| panic!("{err}"))
     }

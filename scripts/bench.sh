@@ -3,8 +3,10 @@
 #   scripts/bench.sh kernel    the BPF program's in-kernel cost per sample (kernel-cost)
 #   scripts/bench.sh run-array what each attachment to a tracepoint costs: cookie, clone, lookup
 #   scripts/bench.sh slowdown  a fixed workload under nothing, prof, perf -g and perf dwarf
+#   scripts/bench.sh beside    each profiler on one CPU beside an unprofiled copy on the other
+#                              (add --dwarf: prof's tables against perf --call-graph dwarf)
 #   scripts/bench.sh stages    criterion benches of drain, symbolization and export
-#   scripts/bench.sh           all four
+#   scripts/bench.sh           all of them
 # Arguments after the first go to the harness, e.g. `scripts/bench.sh slowdown --rounds 3`.
 # It installs what it needs (clang and libbpf-dev as scripts/test.sh does, and linux-perf for
 # the comparison), builds in release mode, and runs the harnesses as root (through sudo when
@@ -20,7 +22,7 @@ packages=""
 if ! command -v clang >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ]; then
     packages="clang libbpf-dev"
 fi
-if [ "$what" = slowdown ] || [ "$what" = all ]; then
+if [ "$what" = slowdown ] || [ "$what" = beside ] || [ "$what" = all ]; then
     perf --version >/dev/null 2>&1 || packages="$packages linux-perf"
 fi
 if [ -n "$packages" ]; then
@@ -31,6 +33,12 @@ fi
 
 cargo build --release -p prof --bin prof
 cargo build --release -p prof-benches --bins
+if [ "$what" = beside ] || [ "$what" = all ]; then
+    # inferno's own collapse and flame graph tools, for perf's side of the comparison.
+    [ -x target/inferno/bin/inferno-collapse-perf ] \
+        || cargo install -q inferno --version 0.12.8 --root target/inferno
+    export INFERNO_BIN="$PWD/target/inferno/bin"
+fi
 if [ -n "$sudo" ]; then
     export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E"
 fi
@@ -38,15 +46,18 @@ case "$what" in
 kernel) $sudo target/release/kernel-cost "$@" ;;
 run-array) $sudo target/release/run-array "$@" ;;
 slowdown) $sudo target/release/slowdown "$@" ;;
+beside) $sudo env INFERNO_BIN="$INFERNO_BIN" target/release/beside "$@" ;;
 stages) cargo bench -p prof-benches --bench stages -- "$@" ;;
 all)
     $sudo target/release/kernel-cost
     $sudo target/release/run-array
     $sudo target/release/slowdown
+    $sudo target/release/beside
+    $sudo env INFERNO_BIN="$INFERNO_BIN" target/release/beside --dwarf
     cargo bench -p prof-benches --bench stages
     ;;
 *)
-    echo "usage: scripts/bench.sh [kernel|run-array|slowdown|stages|all] [harness arguments]" >&2
+    echo "usage: scripts/bench.sh [kernel|run-array|slowdown|beside|stages|all] [harness arguments]" >&2
     exit 2
     ;;
 esac

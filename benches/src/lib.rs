@@ -9,21 +9,31 @@ use anyhow::{Context, Result, bail};
 /// Builds `workloads/<name>.c` with frame pointers and debug info into `target/bench-workloads`
 /// and returns the binary's path.
 pub fn workload(name: &str) -> Result<PathBuf> {
+    build_workload(name, true)
+}
+
+/// Builds `workloads/<name>.c` as release C is built, at -O2 without frame pointers, into
+/// `target/bench-workloads/<name>_nofp`.
+pub fn workload_without_frame_pointers(name: &str) -> Result<PathBuf> {
+    build_workload(name, false)
+}
+
+fn build_workload(name: &str, frame_pointers: bool) -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let source = root.join("workloads").join(format!("{name}.c"));
     let out_dir = root.join("../target/bench-workloads");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let binary = out_dir.join(name);
+    let (binary, flags) = if frame_pointers {
+        (out_dir.join(name), ["-O1", "-fno-omit-frame-pointer"])
+    } else {
+        (
+            out_dir.join(format!("{name}_nofp")),
+            ["-O2", "-fomit-frame-pointer"],
+        )
+    };
     let status = Command::new("cc")
-        .args([
-            "-O1",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-pthread",
-            "-Wall",
-            "-Werror",
-            "-o",
-        ])
+        .args(flags)
+        .args(["-g", "-pthread", "-Wall", "-Werror", "-o"])
         .arg(&binary)
         .arg(&source)
         .status()
@@ -82,6 +92,31 @@ pub fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
     format!("{model}, {cpus} CPUs, Linux {kernel}")
+}
+
+/// A child (a profiler) that is killed and reaped if the harness fails before stopping it.
+#[derive(Debug)]
+pub struct Reaped(pub Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The time in seconds that a finished run of `workloads/fixed_work.c` printed.
+pub fn workload_seconds(output: &std::process::Output) -> anyhow::Result<f64> {
+    use anyhow::Context;
+    if !output.status.success() {
+        anyhow::bail!("the workload failed: {}", output.status);
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("the workload prints its time in seconds")
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
  * It prints how long the work took, in seconds, measured from just before the workers start
  * to when the last one is done, so a profiler's start-up and teardown are not counted.
  *
- * usage: fixed_work ITERATIONS_PER_CPU
+ * usage: fixed_work ITERATIONS_PER_CPU [PROCESSES]   (one per online CPU by default)
  *
  * The work walks a small call tree (a dozen frames) so profilers have real stacks to take. */
 #include <stdint.h>
@@ -46,12 +46,12 @@ __attribute__((noinline)) void worker(long iterations)
 
 int main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: fixed_work ITERATIONS_PER_CPU\n");
+	if (argc != 2 && argc != 3) {
+		fprintf(stderr, "usage: fixed_work ITERATIONS_PER_CPU [PROCESSES]\n");
 		return 2;
 	}
 	long iterations = atol(argv[1]);
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	long cpus = argc == 3 ? atol(argv[2]) : sysconf(_SC_NPROCESSORS_ONLN);
 	struct timespec start, end;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (long i = 0; i < cpus; i++) {

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use prof_benches::{machine, machine_load, median, prof_binary, workload};
+use prof_benches::{
+    Reaped, machine, machine_load, median, prof_binary, workload, workload_seconds,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Compares the slowdown of a fixed workload under prof and perf record")]
@@ -305,13 +307,7 @@ fn run_workload(fixed_work: &Path, iterations: u64) -> Result<f64> {
         .arg(iterations.to_string())
         .output()
         .context("running the workload")?;
-    if !output.status.success() {
-        bail!("the workload failed: {}", output.status);
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .context("the workload prints its time in seconds")
+    workload_seconds(&output)
 }
 
 /// Waits for `child` and returns its wait status and resource usage (its own CPU time and
@@ -333,18 +329,6 @@ fn wait4(child: Child) -> Result<(i32, libc::rusage)> {
         128 + libc::WTERMSIG(status)
     };
     Ok((code, usage))
-}
-
-/// A profiler that is killed and reaped if the harness fails before stopping it.
-struct Reaped(Option<Child>);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[cfg(test)]

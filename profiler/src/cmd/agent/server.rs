@@ -14,7 +14,7 @@ use prof::agent::http::{self, Route};
 use prof::agent::metrics;
 use prof::agent::window::{self, Span};
 
-use super::{Request, Shared, ask};
+use prof::agent::engine::{Request, Shared, ask};
 
 /// Binds the server, before anything is attached, so a taken port is an error at start.
 pub fn bind(addr: SocketAddr) -> Result<Server> {

@@ -10,9 +10,6 @@ use std::time::SystemTime;
 use crate::agent::window::Span;
 use crate::profile::{EventProfile, Profile};
 
-/// Captures that may run at once by default; the rest are refused (HTTP 503).
-pub const DEFAULT_MAX_CAPTURES: usize = 4;
-
 /// The running captures.
 #[derive(Debug)]
 pub struct Captures {

@@ -15,6 +15,7 @@
 //! [http]                        # on by default, on 127.0.0.1:6060
 //! listen = "127.0.0.1:6060"
 //! max_seconds = 60              # the cap on /debug/pprof/profile?seconds=N
+//! max_connections = 256         # and the other limits: see HttpConfig
 //!
 //! [push]                        # Pyroscope's /ingest (or Alloy's pyroscope.receive_http)
 //! url = "http://pyroscope:4040"
@@ -107,7 +108,7 @@ impl AgentConfig {
     }
 }
 
-/// `[http]`.
+/// `[http]`: the server and its limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -119,6 +120,29 @@ pub struct HttpConfig {
     /// The most seconds `/debug/pprof/profile` and `/flamegraph.svg` cover.
     #[serde(deserialize_with = "positive_u64")]
     pub max_seconds: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head (line and headers), counted from the
+    /// connection's start or from the end of the previous response, so it is also how long
+    /// an idle kept-alive connection stays open (Go's `ReadHeaderTimeout` and
+    /// `IdleTimeout` in one).
+    #[serde(deserialize_with = "positive_u64")]
+    pub header_timeout_seconds: u64,
+    /// Bytes of a request's head at most; more is answered 431 and the connection closed.
+    #[serde(deserialize_with = "header_bytes")]
+    pub max_header_bytes: usize,
+    /// Bytes of a request body at most (only `POST /debug/pprof/symbol` takes one); more is
+    /// answered 413 without being read.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_body_bytes: usize,
+    /// `/debug/pprof/profile` requests served at once; more are answered 503.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_profile_requests: usize,
+    /// Seconds that requests in flight at shutdown get to finish (a profile request is
+    /// answered with what it captured so far); new connections are refused meanwhile.
+    #[serde(deserialize_with = "positive_u64")]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for HttpConfig {
@@ -127,7 +151,25 @@ impl Default for HttpConfig {
             enabled: true,
             listen: DEFAULT_LISTEN.parse().expect("a valid address"),
             max_seconds: 60,
+            max_connections: 256,
+            header_timeout_seconds: 10,
+            max_header_bytes: 16 << 10,
+            max_body_bytes: 1 << 20,
+            max_profile_requests: 4,
+            shutdown_grace_seconds: 5,
         }
+    }
+}
+
+impl HttpConfig {
+    /// [`HttpConfig::header_timeout_seconds`] as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_seconds)
+    }
+
+    /// [`HttpConfig::shutdown_grace_seconds`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
     }
 }
 
@@ -337,6 +379,19 @@ fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     positive(d)
 }
 
+/// The smallest head cap: a request line and a few ordinary headers.
+const MIN_HEADER_BYTES: usize = 1024;
+
+fn header_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let bytes = usize::deserialize(d)?;
+    if bytes < MIN_HEADER_BYTES {
+        return Err(de::Error::custom(format!(
+            "must be at least {MIN_HEADER_BYTES} bytes, not {bytes}"
+        )));
+    }
+    Ok(bytes)
+}
+
 fn window_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let seconds: u64 = positive(d)?;
     if seconds > 3600 {
@@ -450,6 +505,9 @@ mod tests {
         assert_eq!(config.events[0].name(), "cycles");
         assert!(config.http.enabled);
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:6060");
+        assert_eq!(config.http.max_connections, 256);
+        assert_eq!(config.http.header_timeout(), Duration::from_secs(10));
+        assert_eq!(config.http.max_header_bytes, 16384);
         assert!(config.push.is_none() && config.dir.is_none());
     }
 
@@ -521,6 +579,11 @@ max_files = 10
         assert!(err.contains(":3: `push.labels`:"), "{err}");
         let err = parse_err("[dir]\nmax_files = 3\n");
         assert!(err.contains("missing field `path`"), "{err}");
+        let err = parse_err("[http]\nmax_header_bytes = 100\n");
+        assert!(
+            err.contains(":2: `http.max_header_bytes`: must be at least 1024"),
+            "{err}"
+        );
         let err = parse_err("frequency = 19\n[http\n");
         assert!(err.starts_with("agent.toml:2:"), "{err}");
     }

@@ -10,11 +10,13 @@
 //!   window closed ──► Exporter ──► sinks (push queue, directory) and the recent windows
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::{oneshot, watch};
 
 use crate::agent::capture::Captures;
 use crate::agent::config::AgentConfig;
@@ -24,7 +26,7 @@ use crate::agent::sampler::{Drain, Sampler, Source};
 use crate::agent::sinks::Exporter;
 use crate::agent::sinks::pyroscope::PushItem;
 use crate::agent::window::{Recent, Span};
-use crate::profile::EventProfile;
+use crate::profile::{EventProfile, Profile};
 
 /// What the threads share.
 #[derive(Debug)]
@@ -39,8 +41,8 @@ pub struct Shared {
     pub requests: Sender<Request>,
     /// The push queue, if pushing.
     pub queue: Option<Arc<DropOldest<Arc<PushItem>>>>,
-    /// Set when the agent is shutting down.
-    pub stopping: AtomicBool,
+    /// Becomes true when the agent starts shutting down.
+    shutdown: watch::Sender<bool>,
     /// The configuration.
     pub config: AgentConfig,
 }
@@ -64,7 +66,7 @@ impl Shared {
                 .push
                 .as_ref()
                 .map(|push| Arc::new(DropOldest::new(push.queue))),
-            stopping: AtomicBool::new(false),
+            shutdown: watch::Sender::new(false),
             config,
         };
         (Arc::new(shared), inbox)
@@ -79,24 +81,39 @@ impl Shared {
     pub fn recent(&self) -> MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Tells the server (and the requests waiting in it) that the agent is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether the agent is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A receiver that sees the shutdown.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
 }
 
-/// What the HTTP server asks of the sampling loop.
+/// What the HTTP server asks of the sampling loop. Replies go through oneshot channels, which
+/// the loop fills without waiting and the server awaits without a thread.
 #[derive(Debug)]
 pub enum Request {
     /// Start capturing everything sampled from now on; answers the capture's id, or `None`
-    /// when too many captures run.
-    StartCapture(Sender<Option<u64>>),
+    /// when too many captures run or the agent is shutting down.
+    StartCapture(oneshot::Sender<Option<u64>>),
     /// End a capture and hand over what it captured.
-    FinishCapture(u64, Sender<Span>),
+    FinishCapture(u64, oneshot::Sender<Span>),
+    /// Name these user-space addresses, for `/debug/pprof/symbol`.
+    Symbolize(Vec<u64>, oneshot::Sender<Vec<(u64, Arc<str>)>>),
 }
 
-/// Waits on a reply from the sampling loop; `None` if it is gone (shutting down).
-pub fn ask<T>(shared: &Shared, request: impl FnOnce(Sender<T>) -> Request) -> Option<T> {
-    let (reply, answer): (Sender<T>, Receiver<T>) = crossbeam_channel::bounded(1);
-    shared.requests.send(request(reply)).ok()?;
-    answer.recv_timeout(Duration::from_secs(60)).ok()
-}
+/// Finished captures whose addresses `/debug/pprof/symbol` still answers for: the reader of
+/// a profile asks right after fetching it.
+const SERVED_KEPT: usize = 8;
 
 /// A window that just ended.
 #[derive(Debug)]
@@ -120,8 +137,13 @@ pub struct Engine<S: Source> {
     sampler: Sampler,
     captures: Captures,
     exporter: Exporter,
+    shared: Arc<Shared>,
     window: Span,
     window_length: Duration,
+    /// The latest finished captures, for the symbol endpoint.
+    served: VecDeque<Arc<Span>>,
+    /// Set once the source is stopped: requests are answered without draining.
+    stopped: bool,
 }
 
 impl<S: Source> Engine<S> {
@@ -135,13 +157,17 @@ impl<S: Source> Engine<S> {
         max_captures: usize,
     ) -> Engine<S> {
         let window = Span::empty(SystemTime::now(), &sampler.events());
+        let shared = Arc::clone(exporter.shared());
         Engine {
             source,
             sampler,
             captures: Captures::new(max_captures),
             exporter,
+            shared,
             window,
             window_length,
+            served: VecDeque::new(),
+            stopped: false,
         }
     }
 
@@ -172,12 +198,32 @@ impl<S: Source> Engine<S> {
         }
     }
 
-    /// Stops sampling and exports the window that was running, cut short. Returns the
-    /// source, to be released by the caller.
-    pub fn finish(mut self) -> Result<S, S::Error> {
+    /// Shuts down: tells the server, stops sampling and exports the window that was
+    /// running, cut short, with every running capture given its last drain. Then answers
+    /// the server's last requests (captures finish with what they hold, new ones are
+    /// refused) until `server_done` says it has closed its connections, or `grace` has
+    /// passed. Returns the source, to be released by the caller.
+    pub fn finish(
+        mut self,
+        inbox: &Receiver<Request>,
+        server_done: impl Fn() -> bool,
+        grace: Duration,
+    ) -> Result<S, S::Error> {
+        self.shared.begin_shutdown();
         self.source.stop();
         let closed = self.close_window()?;
+        self.stopped = true;
         self.exporter.export(closed);
+        let deadline = Instant::now() + grace;
+        while !server_done() && Instant::now() < deadline {
+            match inbox.recv_timeout(Duration::from_millis(20)) {
+                Ok(request) => self.answer(request)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Requests that arrived too late get no answer: their senders are dropped here,
+        // and the server answers 503.
         Ok(self.source)
     }
 
@@ -209,20 +255,36 @@ impl<S: Source> Engine<S> {
     fn answer(&mut self, request: Request) -> Result<(), S::Error> {
         match request {
             Request::StartCapture(reply) => {
-                if !self.captures.has_room() {
+                if self.stopped || !self.captures.has_room() {
                     let _ = reply.send(None);
                     return Ok(());
                 }
                 // What was sampled before the capture belongs to the window only.
                 self.cut()?;
                 let id = self.captures.start(self.window.end, &self.sampler.events());
+                tracing::debug!(?id, "capture started");
                 let _ = reply.send(id);
             }
             Request::FinishCapture(id, reply) => {
-                self.cut()?;
-                if let Some(capture) = self.captures.finish(id) {
-                    let _ = reply.send(capture);
+                if !self.stopped {
+                    self.cut()?;
                 }
+                if let Some(capture) = self.captures.finish(id) {
+                    let capture = Arc::new(capture);
+                    if self.served.len() == SERVED_KEPT {
+                        self.served.pop_front();
+                    }
+                    self.served.push_back(Arc::clone(&capture));
+                    let _ = reply.send(Arc::unwrap_or_clone(capture));
+                }
+            }
+            Request::Symbolize(addresses, reply) => {
+                let recent = self.shared.recent().covering(u64::MAX);
+                let mut seen: Vec<&Profile> = Vec::new();
+                seen.extend(self.served.iter().rev().map(|span| &span.profile));
+                seen.push(&self.window.profile);
+                seen.extend(recent.iter().rev().map(|span| &span.profile));
+                let _ = reply.send(self.sampler.names(&addresses, &seen));
             }
         }
         Ok(())
@@ -258,35 +320,72 @@ mod tests {
     #[test]
     fn captures_and_windows() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut engine, shared, _inbox) = engine(dir.path());
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (mut engine, shared, inbox) = engine(dir.path());
+        let (reply, answer) = oneshot::channel();
         engine.answer(Request::StartCapture(reply)).unwrap();
-        let id = answer.recv().unwrap().expect("room for one capture");
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let id = answer
+            .blocking_recv()
+            .unwrap()
+            .expect("room for one capture");
+        let (reply, answer) = oneshot::channel();
         engine.answer(Request::StartCapture(reply)).unwrap();
-        assert_eq!(answer.recv().unwrap(), None, "the limit is one");
+        assert_eq!(answer.blocking_recv().unwrap(), None, "the limit is one");
         engine.cut().unwrap();
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (reply, answer) = oneshot::channel();
         engine.answer(Request::FinishCapture(id, reply)).unwrap();
-        let capture = answer.recv().unwrap();
+        let capture = answer.blocking_recv().unwrap();
         // Two drains after the start: the explicit cut and the one at the finish.
         assert_eq!(marker_samples(&capture.profile), 4);
 
-        let source = engine.finish().unwrap();
+        // The served capture's addresses can be named.
+        let ip = crate::agent::sampler::tests::sampler_marker_function as *const () as u64;
+        let (reply, answer) = oneshot::channel();
+        engine.answer(Request::Symbolize(vec![ip], reply)).unwrap();
+        let names = answer.blocking_recv().unwrap();
+        assert!(
+            names.len() == 1 && names[0].1.contains("sampler_marker_function"),
+            "{names:?}"
+        );
+
+        let source = engine.finish(&inbox, || true, Duration::ZERO).unwrap();
         assert!(source.stopped);
+        assert!(shared.is_stopping());
         let files: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(files.len(), 1, "{files:?}");
         let written = pprof::decode_bytes(&std::fs::read(&files[0]).unwrap()).unwrap();
-        // Every drain but the last, after the stop: start, start (refused: no cut), cut,
-        // finish.
-        assert_eq!(marker_samples(&written), 6);
+        // Every drain: start, start (refused: no cut), cut, finish, and what was left at
+        // the stop.
+        assert_eq!(marker_samples(&written), 8);
         assert_eq!(shared.recent().covering(3600).len(), 1);
         let metrics = shared.metrics();
         assert_eq!((metrics.windows, metrics.files_written), (1, 1));
-        assert_eq!(metrics.events[0].1.samples, 6);
+        assert_eq!(metrics.events[0].1.samples, 8);
+    }
+
+    /// At shutdown, a capture that is running is answered with what it holds (the last
+    /// drain included), and a new one is refused.
+    #[test]
+    fn shutdown_answers_running_captures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _shared, inbox) = engine(dir.path());
+        let (reply, answer) = oneshot::channel();
+        engine.answer(Request::StartCapture(reply)).unwrap();
+        let id = answer.blocking_recv().unwrap().unwrap();
+        let requests = engine.shared.requests.clone();
+        let (finish, finished) = oneshot::channel();
+        requests.send(Request::FinishCapture(id, finish)).unwrap();
+        let (start, started) = oneshot::channel();
+        requests.send(Request::StartCapture(start)).unwrap();
+        // The server is "done" once both requests are answered.
+        engine
+            .finish(&inbox, || inbox.is_empty(), Duration::from_secs(10))
+            .unwrap();
+        let capture = finished.blocking_recv().unwrap();
+        assert_eq!(marker_samples(&capture.profile), 2, "the last drain");
+        assert_eq!(started.blocking_recv().unwrap(), None);
     }
 
     /// The loop returns when the stop flag is set.

@@ -16,6 +16,7 @@
 //! - [`capture`]: the spans `/debug/pprof/profile` requests collect;
 //! - [`cleanup`]: what a long run forgets, and when;
 //! - [`sinks`]: where finished windows go (push, directory);
+//! - [`server`]: the HTTP server and its limits;
 //! - [`config`], [`http`] (routes), [`labels`], [`metrics`], [`queue`], [`window`].
 pub mod capture;
 pub mod cleanup;
@@ -26,6 +27,7 @@ pub mod labels;
 pub mod metrics;
 pub mod queue;
 pub mod sampler;
+pub mod server;
 pub mod sinks;
 pub mod window;
 

@@ -9,6 +9,7 @@
 //! The [`Source`] is the seam to the kernel: the agent's command layer implements it with
 //! the BPF maps and the side band; the tests implement it with samples of their own process.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,9 +18,9 @@ use crate::agent::labels::LabelCache;
 use crate::agent::metrics;
 use crate::agent::window;
 use crate::bpf::KernelStats;
-use crate::drain::Drained;
+use crate::drain::{Drained, RawSample, RawStack};
 use crate::procs::{self, ProcessTable};
-use crate::profile::{EventProfile, Labels, Profile};
+use crate::profile::{EventProfile, Labels, Profile, Value};
 use crate::sideband::SideBandLog;
 use crate::symbolize::{EventInfo, Symbolizer};
 
@@ -154,6 +155,69 @@ impl Sampler {
         }
     }
 
+    /// Names for user-space `addresses`, for `/debug/pprof/symbol`: each address is looked
+    /// up in the process whose stacks hold it in `seen` (the profiles the agent served or is
+    /// building; addresses there are already those to look up), and resolved again through
+    /// the symbolizer and the process table. An address no profile holds, or that still
+    /// resolves to nothing, is left out.
+    pub fn names(&self, addresses: &[u64], seen: &[&Profile]) -> Vec<(u64, Arc<str>)> {
+        let wanted: std::collections::HashSet<u64> = addresses.iter().copied().collect();
+        let mut pid_of: HashMap<u64, u32> = HashMap::new();
+        for profile in seen {
+            for event in &profile.events {
+                for stack in event.stacks.keys() {
+                    let Some(pid) = profile.labels.get(stack.labels).pid else {
+                        continue;
+                    };
+                    for &id in stack.locations.iter() {
+                        let location = profile.locations.get(id);
+                        if !location.kernel && wanted.contains(&location.address) {
+                            pid_of.entry(location.address).or_insert(pid);
+                        }
+                    }
+                }
+            }
+        }
+        if pid_of.is_empty() {
+            return Vec::new();
+        }
+        // One sample per address, innermost frame only, so the address is looked up as is.
+        let drained = Drained {
+            samples: pid_of
+                .iter()
+                .map(|(&address, &tgid)| RawSample {
+                    tgid,
+                    event: 0,
+                    user: RawStack::Frames(Arc::from([address].as_slice())),
+                    kernel: RawStack::NotTaken,
+                    value: Value {
+                        samples: 1,
+                        period: 1,
+                    },
+                })
+                .collect(),
+            stats: KernelStats::default(),
+        };
+        let resolved = self
+            .symbolizer
+            .symbolize(&drained, &self.processes, &self.infos[..1]);
+        let mut names: HashMap<u64, Arc<str>> = HashMap::new();
+        for stack in resolved.events[0].stacks.keys() {
+            let Some(&id) = stack.locations.last() else {
+                continue;
+            };
+            let location = resolved.locations.get(id);
+            // The innermost function, as Go's FuncForPC names an inlined call.
+            if let Some(line) = location.lines.last() {
+                names.insert(location.address, Arc::clone(&line.function));
+            }
+        }
+        addresses
+            .iter()
+            .filter_map(|address| Some((*address, Arc::clone(names.get(address)?))))
+            .collect()
+    }
+
     /// Symbolizes a drain and labels each process with its executable, cgroup and
     /// container.
     fn symbolize(&mut self, drained: &Drained) -> Profile {
@@ -223,7 +287,8 @@ pub(crate) mod tests {
     }
 
     /// A source that samples the marker function in this very process: `samples` samples
-    /// per take, with the kernel's counters growing as they would.
+    /// per take, with the kernel's counters growing as they would. Once stopped, one more
+    /// take returns what was left; later ones are empty.
     #[derive(Debug, Default)]
     pub(crate) struct OwnProcess {
         pub samples: u64,
@@ -231,6 +296,8 @@ pub(crate) mod tests {
         /// Samples taken so far, as the kernel's cumulative counter.
         pub total: u64,
         pub stopped: bool,
+        /// Whether a take after the stop has returned what was left.
+        pub emptied: bool,
         /// Extra side-band records for the next take.
         pub records: Vec<ProcessEvent>,
     }
@@ -240,7 +307,8 @@ pub(crate) mod tests {
 
         fn take(&mut self) -> Result<Taken, std::io::Error> {
             self.takes += 1;
-            let samples = if self.stopped { 0 } else { self.samples };
+            let samples = if self.emptied { 0 } else { self.samples };
+            self.emptied = self.stopped;
             self.total += samples;
             let ip = sampler_marker_function as *const () as u64;
             let drained = Drained {
@@ -361,6 +429,24 @@ pub(crate) mod tests {
         assert_eq!(sampler.processes(), 2, "kept for its last samples");
         sampler.drain(source.take().unwrap());
         assert_eq!(sampler.processes(), 1);
+    }
+
+    /// Addresses that a profile holds are named again through the symbolizer; others are
+    /// left out.
+    #[test]
+    fn names_addresses_seen_in_profiles() {
+        let mut source = OwnProcess {
+            samples: 1,
+            ..OwnProcess::default()
+        };
+        let mut sampler = own_sampler();
+        let drain = sampler.drain(source.take().unwrap());
+        let ip = sampler_marker_function as *const () as u64;
+        let names = sampler.names(&[ip, 0x1234], &[&drain.profile]);
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(names[0].0, ip);
+        assert!(names[0].1.contains("sampler_marker_function"), "{names:?}");
+        assert!(sampler.names(&[ip], &[]).is_empty(), "seen in no profile");
     }
 
     /// Counters that went backwards (a reload) give zero, not a wrap.

@@ -6,7 +6,9 @@
 //! root they fail and say why.
 
 mod agent;
+mod agent_http;
 mod bad_input;
+mod ingest;
 mod record;
 mod report;
 

@@ -46,6 +46,11 @@ impl Exporter {
         Exporter { shared, sinks }
     }
 
+    /// The shared state the exporter counts into.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Exports one window everywhere.
     pub fn export(&mut self, closed: Closed) {
         let started = Instant::now();

@@ -1,20 +1,18 @@
 //! `prof agent`: wiring only. It checks the configuration, loads and attaches the BPF
 //! program, and runs the library's engine ([`prof::agent::engine`]) over a [`BpfSource`]
-//! until SIGTERM or SIGINT, with the HTTP server and the pusher on threads of their own.
-
-mod server;
+//! until SIGTERM, SIGINT or SIGHUP, with the HTTP server and the pusher on threads of their own.
 
 use std::io::{self, IsTerminal};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
+use signal_hook::consts::SIGHUP;
 
-use prof::agent::capture::DEFAULT_MAX_CAPTURES;
 use prof::agent::config::AgentConfig;
 use prof::agent::engine::{Engine, Shared};
 use prof::agent::sampler::{Sampler, Source, Taken};
+use prof::agent::server;
 use prof::agent::sinks::{Exporter, dir, pyroscope};
 use prof::bpf::{BpfConfig, BpfError, BpfProfiler};
 use prof::drain;
@@ -74,7 +72,7 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// Runs the agent until SIGTERM or SIGINT; returns the exit code.
+/// Runs the agent until SIGTERM, SIGINT or SIGHUP; returns the exit code.
 pub fn run(config: AgentConfig) -> Result<u8> {
     init_logging(&config.log);
     privilege::check("prof agent")?;
@@ -96,6 +94,10 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     };
 
     let stop = stop_on_signals()?;
+    // SIGHUP (the terminal went away, or someone asked) also ends the agent cleanly, its
+    // window flushed; a second signal of any of the three ends it at once.
+    signal_hook::flag::register_conditional_shutdown(SIGHUP, 130, Arc::clone(&stop))?;
+    signal_hook::flag::register(SIGHUP, Arc::clone(&stop))?;
     let side_band = start_side_band(&cpus)?;
     let snapshot_time = procs::monotonic_now();
     let snapshots: Vec<TimedEvent> = procs::snapshot_all()
@@ -136,9 +138,9 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         .push
         .as_ref()
         .map(|push| pyroscope::spawn_pusher(push, Arc::clone(&shared)));
-    if let Some(http) = http {
-        server::spawn(http, Arc::clone(&shared));
-    }
+    let server = http
+        .map(|listener| server::spawn(listener, Arc::clone(&shared)))
+        .transpose()?;
     let source = BpfSource {
         bpf,
         side_band,
@@ -150,13 +152,13 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         sampler,
         exporter,
         config.window(),
-        DEFAULT_MAX_CAPTURES,
+        config.http.max_profile_requests,
     );
     engine.run(&stop, &inbox)?;
 
     tracing::info!("stopping: flushing the current window");
-    shared.stopping.store(true, Ordering::Relaxed);
-    let source = engine.finish()?;
+    let server_done = || server.as_ref().is_none_or(|server| server.is_finished());
+    let source = engine.finish(&inbox, server_done, config.http.shutdown_grace())?;
     if let (Some(queue), Some(pusher)) = (&shared.queue, pusher) {
         queue.close();
         let timeout =
@@ -169,6 +171,9 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         }
     }
     drop(source.side_band.stop());
+    if let Some(server) = server {
+        server.join();
+    }
     tracing::info!("stopped");
     Ok(0)
 }

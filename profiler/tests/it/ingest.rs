@@ -1,5 +1,7 @@
-//! A stand-in for Pyroscope's `POST /ingest`, over plain HTTP: it keeps every request (URL,
-//! headers, body) and answers 200 to a POST to `/ingest`, 404 to anything else.
+//! A stand-in for Pyroscope's `POST /ingest`, over plain HTTP or HTTPS (with a CA the test
+//! generates): it keeps every request (URL, headers, body) and answers 200 to a POST to
+//! `/ingest`, 404 to anything else, and 401 when it requires credentials that the request
+//! does not carry.
 
 use std::convert::Infallible;
 use std::net::TcpListener;
@@ -11,6 +13,51 @@ use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+/// A certificate authority made for one test, and a server certificate it signed for
+/// 127.0.0.1 and localhost.
+pub struct TestCa {
+    /// The CA's certificate, PEM: what the agent is told to trust.
+    pub pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).unwrap();
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), CertificateDer::from(ca.der().to_vec())],
+                PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap();
+        TestCa {
+            pem: ca.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
 
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
@@ -42,8 +89,22 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Listens on 127.0.0.1:`port` (0: any free port).
+    /// Listens on 127.0.0.1:`port` (0: any free port), over plain HTTP.
     pub fn start(port: u16) -> Ingest {
+        Ingest::start_with(port, None, None)
+    }
+
+    /// Listens over HTTPS with `ca`'s server certificate, and answers 401 to requests
+    /// whose `Authorization` header is not `authorization`.
+    pub fn start_tls(ca: &TestCa, authorization: &str) -> Ingest {
+        Ingest::start_with(
+            0,
+            Some(TlsAcceptor::from(Arc::clone(&ca.server))),
+            Some(authorization.to_owned()),
+        )
+    }
+
+    fn start_with(port: u16, tls: Option<TlsAcceptor>, authorization: Option<String>) -> Ingest {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -55,7 +116,7 @@ impl Ingest {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(serve(listener, kept, stopped));
+            runtime.block_on(serve(listener, kept, stopped, tls, authorization));
             // Dropping the runtime drops every connection: the port is closed.
         });
         Ingest {
@@ -104,7 +165,10 @@ async fn serve(
     listener: TcpListener,
     received: Arc<Mutex<Vec<Received>>>,
     mut stopped: oneshot::Receiver<()>,
+    tls: Option<TlsAcceptor>,
+    authorization: Option<String>,
 ) {
+    let authorization = Arc::new(authorization);
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     loop {
         let stream = tokio::select! {
@@ -112,10 +176,19 @@ async fn serve(
             _ = &mut stopped => return,
         };
         let received = Arc::clone(&received);
+        let authorization = Arc::clone(&authorization);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let received = Arc::clone(&received);
+                let authorization = Arc::clone(&authorization);
                 async move {
+                    let authorized = authorization.as_deref().is_none_or(|expected| {
+                        request
+                            .headers()
+                            .get("authorization")
+                            .is_some_and(|given| given.as_bytes() == expected.as_bytes())
+                    });
                     let ok = request.method() == hyper::Method::POST
                         && request.uri().path() == "/ingest";
                     let url = request.uri().to_string();
@@ -136,17 +209,27 @@ async fn serve(
                         .unwrap()
                         .push(Received { url, headers, body });
                     let mut response = hyper::Response::new(Full::new(Bytes::new()));
-                    *response.status_mut() = if ok {
-                        hyper::StatusCode::OK
-                    } else {
-                        hyper::StatusCode::NOT_FOUND
+                    *response.status_mut() = match (authorized, ok) {
+                        (false, _) => hyper::StatusCode::UNAUTHORIZED,
+                        (true, true) => hyper::StatusCode::OK,
+                        (true, false) => hyper::StatusCode::NOT_FOUND,
                     };
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(tls) => {
+                    // A client that does not trust the certificate hangs up here.
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }

@@ -76,6 +76,15 @@ fn init_logging(filter: &str) {
 pub fn run(config: AgentConfig) -> Result<u8> {
     init_logging(&config.log);
     privilege::check("prof agent")?;
+    if let Some(dir) = &config.dir {
+        dir::check(&dir.path)?;
+    }
+    // Secrets and CA certificates are read before anything is attached.
+    let pusher = config
+        .push
+        .as_ref()
+        .map(pyroscope::Pusher::new)
+        .transpose()?;
     let resolved = events::resolve(&config.events, perf::probe)?;
     for warning in &resolved.warnings {
         tracing::warn!("{warning}");
@@ -84,9 +93,6 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     let sampling = Sampling::Frequency(config.frequency);
     check_sample_rate(sampling)?;
     let cpus = cpus::select(None)?;
-    if let Some(dir) = &config.dir {
-        dir::check(&dir.path)?;
-    }
     // Bound before anything is attached, so a taken port fails fast.
     let http = match config.http.enabled {
         true => Some(server::bind(config.http.listen)?),
@@ -134,10 +140,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
     let sampler = Sampler::new(ProcessTable::build(snapshots), infos, config.debug_info);
     let (shared, inbox) = Shared::new(config.clone(), sampler.events());
-    let pusher = config
-        .push
-        .as_ref()
-        .map(|push| pyroscope::spawn_pusher(push, Arc::clone(&shared)));
+    let pusher = pusher.map(|pusher| pyroscope::spawn_pusher(pusher, Arc::clone(&shared)));
     let server = http
         .map(|listener| server::spawn(listener, Arc::clone(&shared)))
         .transpose()?;

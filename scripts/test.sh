@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs what the build and tests need (clang, libbpf-dev, libcap2-bin, and golang-go for
-# `go tool pprof`, the reference pprof reader the tests check prof's files with), then runs prof's
+# Installs what the build and tests need (clang, libbpf-dev, libcap2-bin, golang-go for
+# `go tool pprof`, the reference pprof reader the tests check prof's files with, and
+# prometheus, whose promtool and server check the agent's /metrics), then runs prof's
 # checks and tests: formatting, clippy, the unit tests, and the integration tests, which
 # load the real BPF program and attach it to real perf events, so they run as root
 # (through sudo when this user is not root). Last, a smoke run of the benchmarks.
@@ -11,9 +12,11 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 
 if ! command -v clang >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ] \
-    || [ ! -x /usr/sbin/setcap ] || ! command -v go >/dev/null; then
+    || [ ! -x /usr/sbin/setcap ] || ! command -v go >/dev/null \
+    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev libcap2-bin golang-go
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev libcap2-bin golang-go \
+        prometheus
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

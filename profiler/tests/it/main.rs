@@ -7,6 +7,7 @@
 
 mod agent;
 mod agent_http;
+mod agent_prometheus;
 mod agent_push;
 mod bad_input;
 mod ingest;

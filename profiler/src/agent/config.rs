@@ -18,9 +18,12 @@
 //! max_connections = 256         # and the other limits: see HttpConfig
 //!
 //! [push]                        # Pyroscope's /ingest (or Alloy's pyroscope.receive_http)
-//! url = "http://pyroscope:4040"
+//! url = "https://pyroscope.example.com"
 //! app_name = "prof"
 //! labels = { env = "prod" }
+//! username = "123"              # basic auth; or token_file for a bearer token
+//! password_file = "/etc/prof/pw"
+//! tenant_id = "team-a"          # X-Scope-OrgID
 //!
 //! [dir]                         # pprof files, the oldest removed first
 //! path = "/var/lib/prof"
@@ -695,6 +698,65 @@ max_files = 10
         assert_eq!(push.timeout_seconds, 10);
         let dir = config.dir.unwrap();
         assert_eq!((dir.max_files, dir.max_bytes), (10, 256 << 20));
+    }
+
+    /// dist/agent.toml reads as the defaults, and names every key (commented out where it
+    /// has no default), so that it documents each limit and setting.
+    #[test]
+    fn dist_config_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = parse(&text, &path).unwrap_or_else(|err| panic!("{err}"));
+        let defaults = AgentConfig::default();
+        assert_eq!(config.frequency, defaults.frequency);
+        assert_eq!(config.http.max_connections, defaults.http.max_connections);
+        assert_eq!(config.http.header_timeout(), defaults.http.header_timeout());
+        assert_eq!(config.http.max_header_bytes, defaults.http.max_header_bytes);
+        assert_eq!(config.http.max_body_bytes, defaults.http.max_body_bytes);
+        assert_eq!(
+            config.http.max_profile_requests,
+            defaults.http.max_profile_requests
+        );
+        assert_eq!(config.http.shutdown_grace(), defaults.http.shutdown_grace());
+        let keys = [
+            "log",
+            "events",
+            "frequency",
+            "window_seconds",
+            "debug_info",
+            "stack_storage_size",
+            "counts_map_size",
+            "enabled",
+            "listen",
+            "max_seconds",
+            "max_connections",
+            "header_timeout_seconds",
+            "max_header_bytes",
+            "max_body_bytes",
+            "max_profile_requests",
+            "shutdown_grace_seconds",
+            "url",
+            "app_name",
+            "labels",
+            "queue",
+            "timeout_seconds",
+            "ca_file",
+            "username",
+            "password_file",
+            "token_file",
+            "tenant_id",
+            "headers",
+            "path",
+            "max_files",
+            "max_bytes",
+        ];
+        for key in keys {
+            let named = text.lines().any(|line| {
+                line.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} = "))
+            });
+            assert!(named, "dist/agent.toml names `{key}`");
+        }
     }
 
     /// HTTPS with basic auth, a tenant and extra headers, as for Grafana Cloud; secrets

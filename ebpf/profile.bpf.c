@@ -1,18 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * prof's one BPF program. It is attached to every (CPU, event) perf event through a BPF perf
- * link whose bpf_cookie says which event fired and which stacks to take (see profile.h). It
- * counts samples in the kernel, keyed by process and stack ids, weighted by the sample period.
+ * prof's BPF object: every program and map prof loads, in one file so that one loader
+ * (profiler/src/bpf/mod.rs) creates the maps once and every program counts into the same ones.
  *
- * The counts and stacks live in two generations of maps (`counts_0`/`stacks_0` and
- * `counts_1`/`stacks_1`); the `generation` map says which one the program writes. `prof
- * record` only ever uses generation 0. `prof agent` flips the generation at the end of each
- * window, then drains and clears the generation it left, so no sample is lost across the
- * boundary and the maps never need to be cleared while the program writes them.
+ *   on_sample        perf_event   attached to every (CPU, event) sampling event through a BPF
+ *                                 perf link whose bpf_cookie says which event fired and which
+ *                                 stacks to take (see profile.h)
+ *   on_process_fork  raw_tp       keep the target set current (targets.h)
+ *   on_process_exit  raw_tp
  *
- * Two small raw tracepoint programs keep the target set (`targets`) current when prof records
- * a command or a list of pids: children forked by a target join it, and a target's tgid leaves
- * it when the process exits, so that a reused pid is not profiled by mistake.
+ * Samples are counted in the kernel, keyed by process and stack ids, weighted by the sample
+ * period (count.h). User stacks are walked with unwind tables where userspace loaded them
+ * (unwind.h), by frame pointer otherwise. The maps are in maps.h.
  */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
@@ -27,12 +26,9 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Set by userspace before load: non-zero means only tgids in `targets` are sampled. */
-const volatile __u8 filter_tgids = 0;
-
 /*
  * The ABI shared with Rust as clang produced it for the BPF target: struct sizes and offsets
- * and the constants of profile.h. The Rust test `bpf::tests::abi_matches_the_bpf_object`
+ * and the constants of profile.h. The Rust test `bpf::abi::tests::abi_matches_the_bpf_object`
  * reads these from the object file; the program never does.
  */
 #define ABI(name, value) const volatile __u64 abi_##name = (value)
@@ -57,238 +53,70 @@ ABI(stat_stack_map_full, PROF_STAT_STACK_MAP_FULL);
 ABI(stat_no_stack, PROF_STAT_NO_STACK);
 ABI(stat_map_full, PROF_STAT_MAP_FULL);
 ABI(global_forks_untracked, PROF_GLOBAL_FORKS_UNTRACKED);
+ABI(stat_unwind_not_loaded, PROF_STAT_UNWIND_NOT_LOADED);
+ABI(stat_unwind_no_table, PROF_STAT_UNWIND_NO_TABLE);
+ABI(stat_unwind_unsupported, PROF_STAT_UNWIND_UNSUPPORTED);
+ABI(stat_unwind_unreadable, PROF_STAT_UNWIND_UNREADABLE);
+ABI(stat_unwind_frame_limit, PROF_STAT_UNWIND_FRAME_LIMIT);
+ABI(stat_unwind_tables_full, PROF_STAT_UNWIND_TABLES_FULL);
+ABI(unwind_row_size, sizeof(struct unwind_row));
+ABI(unwind_row_pc, __builtin_offsetof(struct unwind_row, pc));
+ABI(unwind_row_cfa_offset, __builtin_offsetof(struct unwind_row, cfa_offset));
+ABI(unwind_row_kind, __builtin_offsetof(struct unwind_row, kind));
+ABI(unwind_row_rbp_offset, __builtin_offsetof(struct unwind_row, rbp_offset));
+ABI(unwind_file_size, sizeof(struct unwind_file));
+ABI(unwind_file_first_row, __builtin_offsetof(struct unwind_file, first_row));
+ABI(unwind_file_rows, __builtin_offsetof(struct unwind_file, rows));
+ABI(unwind_file_generation, __builtin_offsetof(struct unwind_file, generation));
+ABI(unwind_file_state, __builtin_offsetof(struct unwind_file, state));
+ABI(unwind_mapping_size, sizeof(struct unwind_mapping));
+ABI(unwind_mapping_start, __builtin_offsetof(struct unwind_mapping, start));
+ABI(unwind_mapping_end, __builtin_offsetof(struct unwind_mapping, end));
+ABI(unwind_mapping_bias, __builtin_offsetof(struct unwind_mapping, bias));
+ABI(unwind_mapping_file, __builtin_offsetof(struct unwind_mapping, file));
+ABI(unwind_mapping_generation, __builtin_offsetof(struct unwind_mapping, generation));
+ABI(unwind_proc_size, sizeof(struct unwind_proc));
+ABI(unwind_proc_count, __builtin_offsetof(struct unwind_proc, count));
+ABI(unwind_proc_mappings, __builtin_offsetof(struct unwind_proc, mappings));
+ABI(unwind_max_mappings, PROF_UNWIND_MAX_MAPPINGS);
+ABI(unwind_no_file, PROF_UNWIND_NO_FILE);
+ABI(cfa_rsp, PROF_CFA_RSP);
+ABI(cfa_rbp, PROF_CFA_RBP);
+ABI(cfa_plt, PROF_CFA_PLT);
+ABI(cfa_deref_rbp, PROF_CFA_DEREF_RBP);
+ABI(row_no_cfi, PROF_ROW_NO_CFI);
+ABI(row_end, PROF_ROW_END);
+ABI(row_signal, PROF_ROW_SIGNAL);
+ABI(row_unsupported, PROF_ROW_UNSUPPORTED);
+ABI(rbp_same, PROF_RBP_SAME);
+ABI(rbp_at_cfa, PROF_RBP_AT_CFA);
+ABI(rbp_at_rbp, PROF_RBP_AT_RBP);
+ABI(file_loaded, PROF_FILE_LOADED);
+ABI(file_pending, PROF_FILE_PENDING);
+ABI(file_full, PROF_FILE_FULL);
+ABI(file_no_cfi, PROF_FILE_NO_CFI);
 
-/*
- * Stacks by content hash. Preallocated: a map that allocates on insert can fail with
- * -ENOMEM whenever a CPU meets new stacks faster than the BPF allocator refills its
- * per-CPU cache (seen on 16 CPUs with 17 distinct stacks), so "full" would not mean full.
- */
-#define STACKS_MAP(name)                                                     \
-	struct {                                                             \
-		__uint(type, BPF_MAP_TYPE_HASH);                             \
-		__type(key, __u64);                                          \
-		__type(value, struct stack_trace);                           \
-		__uint(max_entries, 32768); /* --stack-storage-size */       \
-	} name SEC(".maps")
-STACKS_MAP(stacks_0);
-STACKS_MAP(stacks_1);
 
-/* Where bpf_get_stack writes: a stack is too large for the BPF stack. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct stack_trace);
-	__uint(max_entries, 1);
-} scratch SEC(".maps");
-
-#define COUNTS_MAP(name)                                                     \
-	struct {                                                             \
-		__uint(type, BPF_MAP_TYPE_HASH);                             \
-		__type(key, struct sample_key);                              \
-		__type(value, struct sample_value);                          \
-		__uint(max_entries, 65536); /* --counts-map-size */          \
-	} name SEC(".maps")
-COUNTS_MAP(counts_0);
-COUNTS_MAP(counts_1);
-
-/* [0]: the generation of `counts_N`/`stacks_N` that samples go to (0 or 1), set by userspace. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-} generation SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, __u8);
-	__uint(max_entries, 16384); /* set by userspace: 1 when not filtering */
-} targets SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, (PROF_MAX_EVENTS + 1) * PROF_STAT_COUNT);
-} stats SEC(".maps");
-
-static __always_inline void bump(__u32 row, __u32 stat)
-{
-	__u32 index = row * PROF_STAT_COUNT + stat;
-	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
-
-	if (counter)
-		*counter += 1; /* per-CPU slot: no other writer */
-}
-
-static __always_inline __u64 mix(__u64 x)
-{
-	/* The murmur3 64-bit finalizer: every input bit affects every output bit. */
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
-}
-
-/* A 64-bit id for the `depth` frames in `stack`, never below PROF_STACK_ID_MIN. */
-static __always_inline __u64 stack_id(const struct stack_trace *stack, __u32 depth)
-{
-	__u64 hash = 0x9e3779b97f4a7c15ULL ^ depth;
-
-	for (__u32 i = 0; i < PROF_MAX_STACK_DEPTH; i++) {
-		if (i >= depth)
-			break;
-		hash = (hash ^ mix(stack->ips[i])) * 0x100000001b3ULL;
-	}
-	hash = mix(hash);
-	return hash < PROF_STACK_ID_MIN ? hash | (1ULL << 63) : hash;
-}
-
-/*
- * Takes the user (BPF_F_USER_STACK) or kernel (0) stack into `stack` (this CPU's scratch
- * buffer) and stores it in `stacks` unless it is there already. Returns its id, or an errno
- * below PROF_STACK_ID_MIN.
- */
-static __always_inline __u64 take_stack(struct bpf_perf_event_data *ctx, void *stacks,
-					    struct stack_trace *stack, __u64 flags)
-{
-	long bytes, err;
-	__u64 id;
-
-	/* bpf_get_stack zero-fills the rest of the buffer. */
-	bytes = bpf_get_stack(ctx, stack->ips, sizeof(stack->ips), flags);
-	if (bytes < 0)
-		return -bytes < PROF_STACK_ID_MIN ? -bytes : EFAULT;
-	if (bytes == 0)
-		return EFAULT;
-	id = stack_id(stack, bytes / sizeof(__u64));
-	if (bpf_map_lookup_elem(stacks, &id))
-		return id;
-	err = bpf_map_update_elem(stacks, &id, stack, BPF_NOEXIST);
-	/* -EEXIST: another CPU stored the same stack first. Anything else: the map is full. */
-	if (err && err != -EEXIST)
-		return E2BIG;
-	return id;
-}
-
-/* Whether the sample interrupted user code (the privilege level in the saved CS). */
-static __always_inline int in_user_mode(struct bpf_perf_event_data *ctx)
-{
-	return (ctx->regs.cs & 3) == 3;
-}
-
-/* No frames on this side: not asked for, or not taken (but not lost to a full map). */
-static __always_inline int no_frames(__u64 id)
-{
-	return id < PROF_STACK_ID_MIN && id != E2BIG;
-}
-
-/* Counts one sample of `event` by `tgid` into one generation's `counts` and `stacks`. */
-static __always_inline int count_sample(struct bpf_perf_event_data *ctx, __u64 cookie, __u32 event,
-					__u32 tgid, void *counts, void *stacks)
-{
-	struct sample_value *value;
-	struct stack_trace *stack;
-	__u32 zero = 0;
-
-	stack = bpf_map_lookup_elem(&scratch, &zero);
-	if (!stack)
-		return 0;
-
-	struct sample_key key = {
-		.tgid = tgid,
-		.event = event,
-		.user_stack = PROF_STACK_NOT_TAKEN,
-		.kernel_stack = PROF_STACK_NOT_TAKEN,
-	};
-	if (cookie & PROF_COOKIE_USER_STACK)
-		key.user_stack = take_stack(ctx, stacks, stack, BPF_F_USER_STACK);
-	/* A sample that interrupted user code has no kernel frames: don't ask for them. */
-	if (cookie & PROF_COOKIE_KERNEL_STACK)
-		key.kernel_stack = in_user_mode(ctx) ? EFAULT : take_stack(ctx, stacks, stack, 0);
-
-	bump(event, PROF_STAT_SAMPLES);
-	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)
-		bump(event, PROF_STAT_STACK_MAP_FULL);
-	else if (no_frames(key.user_stack) && no_frames(key.kernel_stack))
-		bump(event, PROF_STAT_NO_STACK);
-
-	value = bpf_map_lookup_elem(counts, &key);
-	if (!value) {
-		struct sample_value zero = {};
-		long err = bpf_map_update_elem(counts, &key, &zero, BPF_NOEXIST);
-
-		/* -EEXIST: another CPU inserted the same key first; use theirs. */
-		if (err && err != -EEXIST) {
-			bump(event, PROF_STAT_MAP_FULL);
-			return 0;
-		}
-		value = bpf_map_lookup_elem(counts, &key);
-		if (!value)
-			return 0;
-	}
-	__sync_fetch_and_add(&value->samples, 1);
-	__sync_fetch_and_add(&value->period, ctx->sample_period);
-	return 0;
-}
+#include "maps.h"
+#include "targets.h"
+#include "unwind.h"
+#include "count.h"
 
 SEC("perf_event")
 int on_sample(struct bpf_perf_event_data *ctx)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx);
-	__u32 event = cookie & PROF_COOKIE_EVENT_MASK;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	__u32 zero = 0;
-	__u32 *current;
+	struct user_regs user;
 
-	if (event >= PROF_MAX_EVENTS)
+	if (!is_target(tgid))
 		return 0;
-	if (filter_tgids && !bpf_map_lookup_elem(&targets, &tgid))
-		return 0;
-	current = bpf_map_lookup_elem(&generation, &zero);
-	/* Two calls rather than one with a chosen map: each call site sees one map. */
-	if (current && *current)
-		return count_sample(ctx, cookie, event, tgid, &counts_1, &stacks_1);
-	return count_sample(ctx, cookie, event, tgid, &counts_0, &stacks_0);
-}
-
-/* Only the fields we read; CO-RE relocates their offsets against the running kernel's BTF. */
-struct task_struct {
-	int pid;
-	int tgid;
-} __attribute__((preserve_access_index));
-
-/* sched_process_fork(struct task_struct *parent, struct task_struct *child), in the parent. */
-SEC("raw_tp/sched_process_fork")
-int on_process_fork(struct bpf_raw_tracepoint_args *ctx)
-{
-	struct task_struct *child = (struct task_struct *)ctx->args[1];
-	__u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
-	__u32 child_tgid;
-	__u8 one = 1;
-
-	if (!bpf_map_lookup_elem(&targets, &parent_tgid))
-		return 0;
-	child_tgid = BPF_CORE_READ(child, tgid);
-	if (child_tgid == parent_tgid) /* a new thread, already covered */
-		return 0;
-	if (bpf_map_update_elem(&targets, &child_tgid, &one, BPF_ANY))
-		bump(PROF_GLOBAL_ROW, PROF_GLOBAL_FORKS_UNTRACKED);
-	return 0;
-}
-
-/* sched_process_exit(struct task_struct *p, ...), in the exiting task. */
-SEC("raw_tp/sched_process_exit")
-int on_process_exit(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-
-	/* The group leader's exit ends the process as far as a later pid reuse is concerned. */
-	if ((__u32)pid_tgid == tgid)
-		bpf_map_delete_elem(&targets, &tgid);
-	return 0;
+	/* A sample that interrupted user code (privilege level 3 in the saved CS) walks from
+	 * the interrupted registers; one that interrupted the kernel from the saved ones. */
+	if ((ctx->regs.cs & 3) != 3)
+		return count_sample(ctx, cookie, tgid, ctx->sample_period, NULL);
+	user.ip = ctx->regs.rip;
+	user.sp = ctx->regs.rsp;
+	user.bp = ctx->regs.rbp;
+	return count_sample(ctx, cookie, tgid, ctx->sample_period, &user);
 }

@@ -1,5 +1,11 @@
-//! Compiles the BPF program in `../ebpf` with clang into `OUT_DIR/profile.bpf.o`, which
-//! `src/bpf.rs` embeds. See `../shared/platform.md` for why the BPF side is C and these flags.
+//! Compiles the BPF object in `../ebpf` (`profile.bpf.c` and the headers it includes) with
+//! clang into `OUT_DIR/profile.bpf.o`, which `src/bpf/abi.rs` embeds.
+//!
+//! The BPF side is C rather than Rust (aya-ebpf) because the Rust path needs a nightly
+//! toolchain with rust-src, `-Z build-std=core` and a bpf-linker built against rustc's own
+//! LLVM, none of which a fresh Debian machine has. The flags: `-target bpf` with
+//! `-D__TARGET_ARCH_x86` for libbpf's headers, and the multiarch include directory, without
+//! which clang does not find `asm/types.h`.
 
 use std::env;
 use std::path::PathBuf;
@@ -9,10 +15,9 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let ebpf_dir = manifest_dir.join("../ebpf");
     let source = ebpf_dir.join("profile.bpf.c");
-    let header = ebpf_dir.join("profile.h");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("profile.bpf.o");
     println!("cargo:rerun-if-changed={}", source.display());
-    println!("cargo:rerun-if-changed={}", header.display());
+    println!("cargo:rerun-if-changed={}", ebpf_dir.display());
     println!("cargo:rerun-if-env-changed=PROF_CLANG");
 
     let clang = env::var("PROF_CLANG").unwrap_or_else(|_| "clang".to_owned());

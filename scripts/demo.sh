@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 
-# clang builds the BPF program; libbpf-dev has its headers (see ../shared/platform.md).
+# clang builds the BPF program; libbpf-dev has its headers.
 if ! command -v clang >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ]; then
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev

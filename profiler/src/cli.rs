@@ -14,6 +14,7 @@ use prof::agent::config::{AgentConfig, DirConfig, PushConfig};
 use prof::events;
 use prof::export::flamegraph;
 use prof::perf::Sampling;
+use prof::unwind::{self, UnwindMode};
 
 /// A sampling profiler for Linux: perf events counted in the kernel by one eBPF program,
 /// rendered as flame graphs.
@@ -130,6 +131,9 @@ pub struct AgentArgs {
     /// Distinct (process, event, stack) keys the kernel counts per window [default: 16384].
     #[arg(long, value_name = "N")]
     pub counts_map_size: Option<u32>,
+
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }
 
 impl AgentArgs {
@@ -246,6 +250,10 @@ impl AgentArgs {
         if let Some(size) = self.counts_map_size {
             config.counts_map_size = size;
         }
+        self.unwind.apply(
+            &mut config.sampling.unwind,
+            &mut config.sampling.unwind_table_size,
+        )?;
         Ok(config)
     }
 }
@@ -446,11 +454,48 @@ pub struct RecordArgs {
     pub counts_map_size: u32,
 
     #[command(flatten)]
+    pub unwind: UnwindArgs,
+
+    #[command(flatten)]
     pub flame: FlameArgs,
 
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// How user stacks are unwound (`record` and `agent`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Unwinding")]
+pub struct UnwindArgs {
+    /// How to unwind user stacks: `auto` walks the unwind tables of each binary
+    /// (.eh_frame) in the kernel, so code built without frame pointers (-O2 C and C++,
+    /// Rust release builds, libc) keeps its callers, and follows frame pointers where a
+    /// binary has no table (JIT code); `fp` uses frame pointers only [default: auto]
+    #[arg(long, value_name = "MODE")]
+    pub unwind: Option<UnwindMode>,
+
+    /// Rows the unwind tables of all binaries hold together, 8 bytes of kernel memory each,
+    /// reserved up front; when full, the least recently used binaries are evicted (libc
+    /// takes 25,000 rows) [default: 4194304, 32 MiB]
+    #[arg(long, value_name = "ROWS")]
+    pub unwind_table_size: Option<u32>,
+}
+
+impl UnwindArgs {
+    /// The unwind mode and table rows, over `mode` and `rows` (the config's or defaults).
+    fn apply(&self, mode: &mut UnwindMode, rows: &mut u32) -> Result<()> {
+        if let Some(size) = self.unwind_table_size {
+            if size == 0 {
+                bail!("--unwind-table-size must be at least 1 row");
+            }
+            *rows = size;
+        }
+        if let Some(unwind) = self.unwind {
+            *mode = unwind;
+        }
+        Ok(())
+    }
 }
 
 /// How flame graphs are drawn (`record` and `report`).
@@ -534,7 +579,10 @@ impl RecordArgs {
         if self.stack_storage_size == 0 || self.counts_map_size == 0 {
             bail!("--stack-storage-size and --counts-map-size must be at least 1");
         }
+        let (mut mode, mut rows) = (UnwindMode::Auto, unwind::DEFAULT_TABLE_ROWS);
+        self.unwind.apply(&mut mode, &mut rows)?;
         Ok(RecordConfig {
+            unwind: mode.sizes(rows),
             events,
             sampling,
             target,

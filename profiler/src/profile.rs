@@ -130,6 +130,105 @@ impl fmt::Display for UnknownReason {
     }
 }
 
+/// Why a table-driven walk of a user stack stopped before the outermost frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnwindStop {
+    /// The process's tables were not loaded yet: its stack was walked by frame pointer.
+    NotLoaded,
+    /// A pc had no table row, and its frame pointer led nowhere.
+    NoTable,
+    /// A row's rule is one the walk cannot follow.
+    Unsupported,
+    /// User memory a rule pointed at could not be read.
+    Unreadable,
+    /// The stack was deeper than the 127 frames a stack holds.
+    FrameLimit,
+    /// A file's table did not fit in the table maps (`--unwind-table-size`).
+    TablesFull,
+}
+
+impl UnwindStop {
+    /// Every reason, in order.
+    pub const ALL: [UnwindStop; 6] = [
+        UnwindStop::NotLoaded,
+        UnwindStop::NoTable,
+        UnwindStop::Unsupported,
+        UnwindStop::Unreadable,
+        UnwindStop::FrameLimit,
+        UnwindStop::TablesFull,
+    ];
+
+    /// A stable machine-readable name, for pprof comments and metrics.
+    pub fn key(self) -> &'static str {
+        match self {
+            UnwindStop::NotLoaded => "not_loaded",
+            UnwindStop::NoTable => "no_table",
+            UnwindStop::Unsupported => "unsupported_rule",
+            UnwindStop::Unreadable => "unreadable",
+            UnwindStop::FrameLimit => "frame_limit",
+            UnwindStop::TablesFull => "tables_full",
+        }
+    }
+
+    /// A few words for summaries.
+    pub fn describe(self) -> &'static str {
+        match self {
+            UnwindStop::NotLoaded => "unwind table not loaded yet",
+            UnwindStop::NoTable => "no table for the pc",
+            UnwindStop::Unsupported => "unsupported rule",
+            UnwindStop::Unreadable => "user memory unreadable",
+            UnwindStop::FrameLimit => "frame limit",
+            UnwindStop::TablesFull => "tables full",
+        }
+    }
+
+    /// The reason named `key`.
+    pub fn from_key(key: &str) -> Option<UnwindStop> {
+        UnwindStop::ALL.into_iter().find(|r| r.key() == key)
+    }
+}
+
+/// How many samples' user-stack walks stopped early, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindStops([u64; 6]);
+
+impl UnwindStops {
+    /// The samples of one reason.
+    pub fn get(&self, reason: UnwindStop) -> u64 {
+        self.0[reason as usize]
+    }
+
+    /// Sets the samples of one reason.
+    pub fn set(&mut self, reason: UnwindStop, samples: u64) {
+        self.0[reason as usize] = samples;
+    }
+
+    /// Every reason with its samples, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (UnwindStop, u64)> + '_ {
+        UnwindStop::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+
+    /// All reasons together.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// What was added since `earlier` (the counters only grow).
+    pub fn since(&self, earlier: &UnwindStops) -> UnwindStops {
+        UnwindStops(std::array::from_fn(|i| {
+            self.0[i].saturating_sub(earlier.0[i])
+        }))
+    }
+}
+
+impl AddAssign for UnwindStops {
+    fn add_assign(&mut self, other: UnwindStops) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.saturating_add(b);
+        }
+    }
+}
+
 /// Samples lost in the kernel, from its counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Losses {
@@ -142,6 +241,19 @@ pub struct Losses {
     pub no_stack: u64,
     /// Samples dropped because the counts map was full (not in the profile).
     pub map_full: u64,
+    /// Samples whose user stack was walked with the unwind tables and stopped early (kept,
+    /// with the frames walked so far).
+    pub unwind: UnwindStops,
+}
+
+impl AddAssign for Losses {
+    fn add_assign(&mut self, other: Losses) {
+        self.kernel_samples += other.kernel_samples;
+        self.stack_map_full += other.stack_map_full;
+        self.no_stack += other.no_stack;
+        self.map_full += other.map_full;
+        self.unwind += other.unwind;
+    }
 }
 
 impl Losses {
@@ -423,6 +535,29 @@ pub struct Profile {
     /// What sampling cost in the kernel, when `prof record` could turn BPF run-time
     /// statistics on.
     pub sampling_cost: Option<SamplingCost>,
+    /// What the unwind tables held, when user stacks were walked with them.
+    pub unwind_tables: Option<UnwindTables>,
+}
+
+/// What the unwind tables held at the end of a recording.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindTables {
+    /// Files with their table in place.
+    pub files: u64,
+    /// Rows in use.
+    pub rows: u64,
+    /// Rows the maps hold.
+    pub capacity: u64,
+    /// Kernel memory reserved for rows and file slots, in bytes.
+    pub reserved_bytes: u64,
+    /// Kernel memory the per-process mapping lists may take at most, in bytes.
+    pub process_bytes_at_most: u64,
+    /// Time spent building tables.
+    pub build_time: Duration,
+    /// Files evicted to make room.
+    pub evictions: u64,
+    /// Files that did not fit.
+    pub files_full: u64,
 }
 
 /// What the BPF program cost while recording, from BPF run-time statistics.

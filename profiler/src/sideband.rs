@@ -7,10 +7,14 @@
 //! a ring buffer was full. A long-running reader (the agent) [takes](SideBandReader::take)
 //! what it saw so far instead, window by window.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use perf_event::Sampler;
 use perf_event::data::endian::Native;
@@ -19,7 +23,9 @@ use perf_event::data::{Comm, Exit, Lost, Mmap2, RecordMetadata, Visitor};
 
 use crate::procs::{Mapping, ProcessEvent, TimedEvent, backing_from_name};
 
-/// How often the reader wakes to drain the rings. The rings hold far more than this much.
+/// How often the reader wakes to drain the rings, at the latest. The rings hold far more
+/// than this much. Rings opened with a wakeup on every record (for the unwinder, which needs
+/// new mappings at once) wake it sooner.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// `PERF_RECORD_MISC_COMM_EXEC`: the COMM record comes from exec.
@@ -43,8 +49,9 @@ pub struct SideBandReader {
 }
 
 impl SideBandReader {
-    /// Starts draining `samplers` on a thread of its own.
-    pub fn spawn(samplers: Vec<Sampler>) -> SideBandReader {
+    /// Starts draining `samplers` on a thread of its own. Each pass's events also go to
+    /// `tap`, if given, as soon as they are read (the unwinder follows mappings live).
+    pub fn spawn(samplers: Vec<Sampler>, tap: Option<Sender<Vec<TimedEvent>>>) -> SideBandReader {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(SideBandLog::default()));
         let stop_flag = Arc::clone(&stop);
@@ -63,6 +70,11 @@ impl SideBandReader {
                     }
                     // Whole passes are published at once, so a take() sees every record
                     // written before the pass started.
+                    if let Some(tap) = &tap
+                        && !pass.events.is_empty()
+                    {
+                        let _ = tap.send(pass.events.clone());
+                    }
                     if !pass.events.is_empty() || pass.lost_records > 0 {
                         let mut log = lock(&shared);
                         log.events.append(&mut pass.events);
@@ -71,7 +83,7 @@ impl SideBandReader {
                     if stopping {
                         return;
                     }
-                    thread::sleep(POLL_INTERVAL);
+                    wait_for_records(&samplers);
                 }
             })
             .expect("spawning the side-band thread");
@@ -90,6 +102,27 @@ impl SideBandReader {
         self.stop.store(true, Ordering::Release);
         let _ = self.thread.join();
         std::mem::take(&mut *lock(&self.log))
+    }
+}
+
+/// Sleeps until a ring has records to read (rings opened with a wakeup per record) or
+/// [`POLL_INTERVAL`] has passed.
+fn wait_for_records(samplers: &[Sampler]) {
+    let mut fds: Vec<PollFd<'_>> = samplers
+        .iter()
+        .map(|sampler| {
+            // SAFETY: the sampler owns this fd and outlives the borrow, which ends with
+            // this function.
+            let fd = unsafe { BorrowedFd::borrow_raw(sampler.as_raw_fd()) };
+            PollFd::from_borrowed_fd(fd, PollFlags::IN)
+        })
+        .collect();
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: POLL_INTERVAL.as_nanos() as i64,
+    };
+    if poll(&mut fds, Some(&timeout)).is_err() {
+        thread::sleep(POLL_INTERVAL);
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::events::Unit;
-use crate::profile::{Profile, SamplingCost};
+use crate::profile::{Profile, SamplingCost, UnwindStop, UnwindTables};
 use crate::text::thousands;
 
 /// How many hottest functions to list.
@@ -26,6 +26,9 @@ pub fn render(profile: &Profile, written: &[(Option<usize>, PathBuf)]) -> String
     }
     for (_, path) in written.iter().filter(|(i, _)| i.is_none()) {
         let _ = writeln!(out, "wrote {} (every event)", path.display());
+    }
+    if let Some(tables) = &profile.unwind_tables {
+        render_tables(&mut out, tables);
     }
     if let Some(cost) = &profile.sampling_cost {
         render_cost(&mut out, cost, profile.duration);
@@ -46,6 +49,32 @@ pub fn render(profile: &Profile, written: &[(Option<usize>, PathBuf)]) -> String
         );
     }
     out
+}
+
+/// "unwind tables: 14 files, 120,344 of 4,194,304 rows (32.1 MiB of kernel memory reserved),
+/// built in 41 ms".
+fn render_tables(out: &mut String, tables: &UnwindTables) {
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let _ = write!(
+        out,
+        "unwind tables: {} files, {} of {} rows ({:.1} MiB of kernel memory reserved, up to \
+         {:.1} MiB more for process mappings), built in {} ms",
+        thousands(tables.files),
+        thousands(tables.rows),
+        thousands(tables.capacity),
+        mib(tables.reserved_bytes),
+        mib(tables.process_bytes_at_most),
+        thousands(tables.build_time.as_millis() as u64),
+    );
+    if tables.evictions > 0 || tables.files_full > 0 {
+        let _ = write!(
+            out,
+            "; full: {} files evicted, {} did not fit (raise --unwind-table-size)",
+            thousands(tables.evictions),
+            thousands(tables.files_full)
+        );
+    }
+    let _ = writeln!(out);
 }
 
 /// "sampling cost: 1,180 ns per sample in the kernel (17,449 samples), 0.41% of 2 CPUs":
@@ -111,6 +140,21 @@ fn render_event(out: &mut String, profile: &Profile, index: usize, seconds: f64)
         let _ = writeln!(out, "  lost: none");
     } else {
         let _ = writeln!(out, "  lost: {}", lost.join("; "));
+    }
+    if losses.unwind.total() > 0 {
+        let stops: Vec<String> = losses
+            .unwind
+            .iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(reason, n)| {
+                let fix = match reason {
+                    UnwindStop::TablesFull => " (raise --unwind-table-size)",
+                    _ => "",
+                };
+                format!("{} {}{fix}", thousands(n), reason.describe())
+            })
+            .collect();
+        let _ = writeln!(out, "  user stacks cut short: {}", stops.join(", "));
     }
     if event.unknown.is_empty() {
         let _ = writeln!(out, "  [unknown] frames: none");

@@ -154,6 +154,7 @@ impl Symbolizer {
             event.losses.stack_map_full = stats.stack_map_full;
             event.losses.no_stack = stats.no_stack;
             event.losses.map_full = stats.map_full;
+            event.losses.unwind = stats.unwind;
         }
         let unknown = profile.locations.intern(Location::unknown());
         let mut labels_of: HashMap<u32, u32> = HashMap::default();

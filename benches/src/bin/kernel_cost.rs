@@ -178,6 +178,7 @@ fn measure(
         stack_storage_size: 32768,
         counts_map_size: 65536,
         double_buffer: false,
+        unwind: None,
     })?;
     for (index, event) in events.iter().enumerate() {
         bpf.attach(index, event, Sampling::Frequency(args.frequency), cpus)?;

@@ -42,6 +42,7 @@ use serde::de::{self, Deserializer};
 use thiserror::Error;
 
 use crate::events::{self, Event};
+use crate::unwind::UnwindMode;
 
 /// The default sampling frequency: low enough to cost well under 1% of a CPU, and odd, so it
 /// does not beat with periodic work.
@@ -76,6 +77,8 @@ pub struct AgentConfig {
     /// Distinct (process, event, stack) keys the kernel counts per window.
     #[serde(deserialize_with = "positive_u32")]
     pub counts_map_size: u32,
+    /// `[sampling]`: how stacks are taken.
+    pub sampling: SamplingConfig,
     /// The HTTP server.
     pub http: HttpConfig,
     /// Pushing to Pyroscope; `None` when not configured.
@@ -98,6 +101,7 @@ impl Default for AgentConfig {
             // generation for the stacks).
             stack_storage_size: 8192,
             counts_map_size: 16384,
+            sampling: SamplingConfig::default(),
             http: HttpConfig::default(),
             push: None,
             dir: None,
@@ -109,6 +113,26 @@ impl AgentConfig {
     /// The window as a duration.
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window_seconds)
+    }
+}
+
+/// `[sampling]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// How user stacks are unwound: `auto` (unwind tables) or `fp` (frame pointers only).
+    pub unwind: UnwindMode,
+    /// Rows the unwind tables of all binaries hold together (8 bytes of kernel memory each).
+    #[serde(deserialize_with = "positive_u32")]
+    pub unwind_table_size: u32,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> SamplingConfig {
+        SamplingConfig {
+            unwind: UnwindMode::Auto,
+            unwind_table_size: crate::unwind::DEFAULT_TABLE_ROWS,
+        }
     }
 }
 
@@ -726,6 +750,8 @@ max_files = 10
             "debug_info",
             "stack_storage_size",
             "counts_map_size",
+            "unwind",
+            "unwind_table_size",
             "enabled",
             "listen",
             "max_seconds",

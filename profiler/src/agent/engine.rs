@@ -128,6 +128,8 @@ pub struct Closed {
     pub processes: usize,
     /// Times the symbolizer was rebuilt so far.
     pub symbolizer_resets: u64,
+    /// What the unwind tables held at its end.
+    pub unwind_tables: Option<crate::profile::UnwindTables>,
 }
 
 /// The loop's state.
@@ -249,6 +251,7 @@ impl<S: Source> Engine<S> {
             drain_time: started.elapsed(),
             processes: self.sampler.processes(),
             symbolizer_resets: self.sampler.symbolizer_resets(),
+            unwind_tables: drain.unwind_tables,
         })
     }
 

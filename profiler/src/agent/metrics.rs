@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::profile::{Losses, UnknownReason};
+use crate::profile::{Losses, UnknownReason, UnwindTables};
 
 /// Counters of one event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -104,6 +104,8 @@ pub struct Metrics {
     pub http_connections: u64,
     /// HTTP connections and requests refused, by reason.
     pub http_refused: BTreeMap<Refusal, u64>,
+    /// What the unwind tables hold, when user stacks are walked with them.
+    pub unwind_tables: Option<UnwindTables>,
 }
 
 /// What the kernel says about the agent's own process.
@@ -175,6 +177,67 @@ impl Metrics {
                     n as f64,
                 );
             }
+        }
+        out.family(
+            "prof_agent_unwind_stopped_samples_total",
+            "counter",
+            "Samples whose user stack, walked with the unwind tables, stopped before the outermost frame, by reason.",
+        );
+        for (event, m) in &self.events {
+            for (reason, n) in m.lost.unwind.iter() {
+                out.sample(
+                    "prof_agent_unwind_stopped_samples_total",
+                    &[("event", event), ("reason", reason.key())],
+                    n as f64,
+                );
+            }
+        }
+        if let Some(tables) = &self.unwind_tables {
+            for (name, help, value) in [
+                (
+                    "prof_agent_unwind_table_files",
+                    "Files whose unwind table is loaded.",
+                    tables.files,
+                ),
+                (
+                    "prof_agent_unwind_table_rows",
+                    "Unwind table rows in use.",
+                    tables.rows,
+                ),
+                (
+                    "prof_agent_unwind_table_capacity_rows",
+                    "Unwind table rows the kernel maps hold.",
+                    tables.capacity,
+                ),
+                (
+                    "prof_agent_unwind_table_reserved_bytes",
+                    "Kernel memory reserved for unwind tables.",
+                    tables.reserved_bytes,
+                ),
+            ] {
+                out.family(name, "gauge", help);
+                out.sample(name, &[], value as f64);
+            }
+            out.family(
+                "prof_agent_unwind_table_evictions_total",
+                "counter",
+                "Files evicted from the full unwind tables.",
+            );
+            out.sample(
+                "prof_agent_unwind_table_evictions_total",
+                &[],
+                tables.evictions as f64,
+            );
+            out.family(
+                "prof_agent_unwind_table_build_seconds_total",
+                "counter",
+                "Seconds spent building unwind tables.",
+            );
+            out.sample(
+                "prof_agent_unwind_table_build_seconds_total",
+                &[],
+                tables.build_time.as_secs_f64(),
+            );
         }
         out.family(
             "prof_agent_unknown_frame_samples_total",

@@ -20,7 +20,7 @@ use crate::agent::window;
 use crate::bpf::KernelStats;
 use crate::drain::{Drained, RawSample, RawStack};
 use crate::procs::{self, ProcessTable};
-use crate::profile::{EventProfile, Labels, Profile, Value};
+use crate::profile::{EventProfile, Labels, Profile, UnwindTables, Value};
 use crate::sideband::SideBandLog;
 use crate::symbolize::{EventInfo, Symbolizer};
 
@@ -33,6 +33,8 @@ pub struct Taken {
     pub side_band: SideBandLog,
     /// When samples stopped going to it.
     pub at: Option<SystemTime>,
+    /// What the unwind tables hold, when user stacks are walked with them.
+    pub unwind_tables: Option<UnwindTables>,
 }
 
 /// Where samples come from.
@@ -56,6 +58,8 @@ pub struct Drain {
     pub at: SystemTime,
     /// How long symbolizing took.
     pub symbolize_time: Duration,
+    /// What the unwind tables held at the drain.
+    pub unwind_tables: Option<UnwindTables>,
 }
 
 /// The state kept across drains.
@@ -123,7 +127,7 @@ impl Sampler {
             }
         }
         let cumulative = drained.stats.clone();
-        drained.stats = since(&cumulative, &self.previous_stats);
+        drained.stats = cumulative.since(&self.previous_stats);
         self.previous_stats = cumulative;
 
         let started = Instant::now();
@@ -152,6 +156,7 @@ impl Sampler {
             profile,
             at,
             symbolize_time,
+            unwind_tables: taken.unwind_tables,
         }
     }
 
@@ -249,20 +254,6 @@ impl Sampler {
     }
 }
 
-/// The kernel counters gained since `previous` (they only grow).
-pub fn since(now: &KernelStats, previous: &KernelStats) -> KernelStats {
-    let mut delta = now.clone();
-    for (index, event) in delta.events.iter_mut().enumerate() {
-        let before = previous.events.get(index).copied().unwrap_or_default();
-        event.samples -= before.samples.min(event.samples);
-        event.stack_map_full -= before.stack_map_full.min(event.stack_map_full);
-        event.no_stack -= before.no_stack.min(event.no_stack);
-        event.map_full -= before.map_full.min(event.map_full);
-    }
-    delta.forks_untracked -= previous.forks_untracked.min(delta.forks_untracked);
-    delta
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -347,6 +338,7 @@ pub(crate) mod tests {
                 drained,
                 side_band,
                 at: Some(SystemTime::now()),
+                unwind_tables: None,
             })
         }
 
@@ -447,19 +439,5 @@ pub(crate) mod tests {
         assert_eq!(names[0].0, ip);
         assert!(names[0].1.contains("sampler_marker_function"), "{names:?}");
         assert!(sampler.names(&[ip], &[]).is_empty(), "seen in no profile");
-    }
-
-    /// Counters that went backwards (a reload) give zero, not a wrap.
-    #[test]
-    fn since_never_wraps() {
-        let stats = |samples| KernelStats {
-            events: vec![EventStats {
-                samples,
-                ..EventStats::default()
-            }],
-            forks_untracked: 0,
-        };
-        assert_eq!(since(&stats(10), &stats(4)).events[0].samples, 6);
-        assert_eq!(since(&stats(3), &stats(4)).events[0].samples, 0);
     }
 }

@@ -97,10 +97,7 @@ pub fn merge(into: &mut Profile, from: &Profile) {
             };
             into.add(stack, *value);
         }
-        into.losses.kernel_samples += from.losses.kernel_samples;
-        into.losses.stack_map_full += from.losses.stack_map_full;
-        into.losses.no_stack += from.losses.no_stack;
-        into.losses.map_full += from.losses.map_full;
+        into.losses += from.losses;
         for (reason, samples) in &from.unknown {
             *into.unknown.entry(*reason).or_default() += samples;
         }

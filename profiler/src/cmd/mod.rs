@@ -11,9 +11,6 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Result;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use prof::perf;
-use prof::sideband::SideBandReader;
-
 /// A flag that Ctrl-C or SIGTERM sets, so the command can finish its work; a second signal
 /// ends prof at once, with status 130.
 pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
@@ -23,13 +20,4 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     Ok(stop)
-}
-
-/// Opens the side band on every CPU in `cpus` and starts reading it.
-pub fn start_side_band(cpus: &[u32]) -> Result<SideBandReader> {
-    let samplers = cpus
-        .iter()
-        .map(|&cpu| perf::open_side_band(cpu))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SideBandReader::spawn(samplers))
 }

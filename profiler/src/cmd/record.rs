@@ -11,18 +11,19 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats};
+use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats, UnwindSizes};
 use prof::events::{self, Event};
 use prof::export::{self, OutputFile, flamegraph};
-use prof::perf::{self, Sampling};
+use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
-use prof::profile::{Profile, SamplingCost};
+use prof::profile::{Profile, SamplingCost, UnwindTables};
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::text::thousands;
+use prof::unwind::{self, Interest, UnwindStats, Unwinder};
 use prof::workload::{self, Workload};
-use prof::{cpus, drain, privilege, summary};
+use prof::{drain, privilege, session, summary};
 
-use crate::cmd::{start_side_band, stop_on_signals};
+use crate::cmd::stop_on_signals;
 
 /// What to record.
 #[derive(Debug)]
@@ -59,6 +60,9 @@ pub struct RecordConfig {
     pub stack_storage_size: u32,
     /// `--counts-map-size`.
     pub counts_map_size: u32,
+    /// `--unwind` and `--unwind-table-size`: the unwinder's map sizes; `None` for frame
+    /// pointers only.
+    pub unwind: Option<UnwindSizes>,
     /// How to draw flame graphs.
     pub flame: flamegraph::Options,
 }
@@ -74,14 +78,11 @@ enum Stop {
 /// Runs `prof record`; returns the exit code (the command's, in command mode).
 pub fn run(config: RecordConfig) -> Result<u8> {
     privilege::check("prof record")?;
-    let resolved = events::resolve(&config.events, perf::probe)?;
-    for warning in &resolved.warnings {
+    let plan = session::plan(&config.events, config.sampling, config.cpus.as_deref())?;
+    for warning in &plan.warnings {
         eprintln!("prof: warning: {warning}");
     }
-    let events = resolved.events;
-    tracing::debug!(events = ?events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
-    check_sample_rate(config.sampling)?;
-    let cpus = cpus::select(config.cpus.as_deref())?;
+    tracing::debug!(events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
     if let Target::Pids(pids) = &config.target {
         for &pid in pids {
             match procs::tgid_of(pid) {
@@ -95,7 +96,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             }
         }
     }
-    let parts: Vec<String> = events.iter().map(Event::file_name_part).collect();
+    let parts: Vec<String> = plan.events.iter().map(Event::file_name_part).collect();
     let files = export::plan(&config.outputs, &parts)?;
     for file in &files {
         export::check_writable(&file.path)?;
@@ -105,7 +106,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let stop = stop_on_signals()?;
 
     // The side band starts first, so that no fork, exec or mmap of a target is missed.
-    let side_band = start_side_band(&cpus)?;
+    let mut side_band = session::start_side_band(&plan, config.unwind.is_some(), true)?;
 
     let mut workload = match &config.target {
         Target::Command { argv, .. } => Some(Workload::prepare(argv)?),
@@ -129,20 +130,42 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             .collect()
     };
 
-    let mut bpf = BpfProfiler::load(&BpfConfig {
-        filter_tgids: filter,
-        stack_storage_size: config.stack_storage_size,
-        counts_map_size: config.counts_map_size,
-        double_buffer: false,
-    })
+    let mut bpf = session::attach(
+        &plan,
+        &BpfConfig {
+            filter_tgids: filter,
+            stack_storage_size: config.stack_storage_size,
+            counts_map_size: config.counts_map_size,
+            double_buffer: false,
+            unwind: config.unwind,
+        },
+        &targets,
+    )
     .map_err(with_permission_hint)?;
-    if filter {
-        bpf.add_targets(&targets)?;
-        bpf.follow_forks().map_err(with_permission_hint)?;
-    }
-    for (index, event) in events.iter().enumerate() {
-        bpf.attach(index, event, config.sampling, &cpus)
-            .map_err(with_permission_hint)?;
+    let interest = match filter {
+        true => Interest::Targets(targets.iter().copied().collect()),
+        false => Interest::All,
+    };
+    // A command held before its exec still maps prof: its tables come with the exec.
+    let initial = match config.target {
+        Target::Command { .. } if filter => Vec::new(),
+        _ => snapshots
+            .iter()
+            .map(|event| TimedEvent {
+                time: snapshot_time,
+                event: event.clone(),
+            })
+            .collect(),
+    };
+    let unwinder = session::start_unwinder(&mut bpf, &mut side_band, interest, initial);
+    // The command's own files are loaded before it starts, so it is unwound from its
+    // first sample; whatever it maps later is built while it runs.
+    if let (Some(unwinder), Target::Command { argv, .. }) = (&unwinder, &config.target)
+        && let Ok(program) = workload::find_program(&argv[0])
+    {
+        let started = Instant::now();
+        unwinder.preload(unwind::files::startup_files(&program));
+        tracing::debug!(elapsed = ?started.elapsed(), "command's unwind tables loaded");
     }
     // BPF run-time statistics measure what sampling costs; they stay on only while we record.
     let run_stats_guard = match prof::bpf::enable_run_stats() {
@@ -155,7 +178,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     bpf.enable()?;
     tracing::debug!(
         links = bpf.link_count(),
-        cpus = cpus.len(),
+        cpus = plan.cpus.len(),
         filter,
         "sampling started"
     );
@@ -170,7 +193,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         &mut workload,
         &targets,
         &bpf,
-        &events,
+        &plan.events,
         &stop,
         started,
     )?;
@@ -180,7 +203,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         Some(Ok(stats)) => Some(SamplingCost {
             run_time: stats.run_time,
             runs: stats.runs,
-            cpus: cpus.len(),
+            cpus: plan.cpus.len(),
         }),
         Some(Err(err)) => {
             tracing::debug!("no sampling cost: {:#}", anyhow::Error::new(err));
@@ -190,9 +213,20 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     };
     let exit_code = finish_workload(workload, stopped)?;
 
-    let log = side_band.stop();
+    let log = side_band.reader.stop();
+    let unwind_tables = match unwinder.map(Unwinder::stop) {
+        Some(Ok(stats)) => Some(unwind_tables(&stats)),
+        Some(Err(err)) => {
+            eprintln!(
+                "prof: warning: the unwinder failed: {:#}",
+                anyhow::Error::new(err)
+            );
+            None
+        }
+        None => None,
+    };
     let stage = Instant::now();
-    let drained = drain::drain(&bpf, events.len())?;
+    let drained = drain::drain(&bpf, plan.events.len())?;
     tracing::debug!(entries = drained.samples.len(), elapsed = ?stage.elapsed(), "drained the counts map");
     let mut process_events: Vec<TimedEvent> = snapshots
         .into_iter()
@@ -220,13 +254,14 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         "process table built"
     );
     let stage = Instant::now();
-    let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
+    let infos: Vec<EventInfo> = plan.events.iter().map(EventInfo::from).collect();
     let profile = Profile {
         start: Some(started_at),
         duration,
         forks_untracked: drained.stats.forks_untracked,
         side_band_lost: log.lost_records,
         sampling_cost,
+        unwind_tables,
         ..Symbolizer::new().symbolize(&drained, &processes, &infos)
     };
     tracing::debug!(elapsed = ?stage.elapsed(), "symbolized");
@@ -237,24 +272,23 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     Ok(exit_code)
 }
 
-/// `-F` above `kernel.perf_event_max_sample_rate` is refused by the kernel with a bare
-/// EINVAL; say which sysctl limits it instead.
-pub(crate) fn check_sample_rate(sampling: Sampling) -> Result<()> {
-    let Sampling::Frequency(hz) = sampling else {
-        return Ok(());
-    };
-    let path = "/proc/sys/kernel/perf_event_max_sample_rate";
-    let max: u64 = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(u64::MAX);
-    if hz > max {
-        bail!(
-            "-F {hz} is above kernel.perf_event_max_sample_rate ({max}): lower -F, or raise the \
-             limit with `sudo sysctl -w kernel.perf_event_max_sample_rate={hz}`"
-        );
+/// What the summary says of the unwind tables.
+pub(crate) fn unwind_tables(stats: &UnwindStats) -> UnwindTables {
+    let sizes = stats.sizes.unwrap_or(UnwindSizes {
+        rows: 0,
+        files: 0,
+        processes: 0,
+    });
+    UnwindTables {
+        files: stats.store.files_loaded,
+        rows: stats.store.rows_used,
+        capacity: u64::from(sizes.rows),
+        reserved_bytes: sizes.reserved_bytes(),
+        process_bytes_at_most: sizes.process_bytes_at_most(),
+        build_time: stats.build_time,
+        evictions: stats.store.evictions,
+        files_full: stats.store.files_full,
     }
-    Ok(())
 }
 
 /// Adds the privilege fix to permission errors from the kernel.

@@ -224,6 +224,17 @@ pub fn subtitle(profile: &EventProfile, pruned: Pruned) -> String {
         thousands(profile.stacks.len() as u64),
         lost
     );
+    let cut_short = profile.losses.unwind.total();
+    if cut_short > 0 {
+        let reasons: Vec<String> = profile
+            .losses
+            .unwind
+            .iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(reason, n)| format!("{} {}", thousands(n), reason.describe()))
+            .collect();
+        text.push_str(&format!(" · user stacks cut short: {}", reasons.join(", ")));
+    }
     if pruned.frames > 0 {
         text.push_str(&format!(
             " · {} frames too narrow to draw pruned ({:.2}%)",
@@ -267,7 +278,19 @@ mod tests {
         assert!(svg.contains("10 samples"));
         assert!(svg.contains("1,234 events (est.)"));
         assert!(svg.contains("lost stacks: 2"));
+        assert!(!svg.contains("cut short"), "no unwind stops, no mention");
+        profile.events[0]
+            .losses
+            .unwind
+            .set(crate::profile::UnwindStop::NotLoaded, 4);
         assert!(svg.contains("touch_pages"));
+        let mut out = Vec::new();
+        write(&profile, 0, &Options::default(), &mut out).unwrap();
+        let svg = String::from_utf8(out).unwrap();
+        assert!(
+            svg.contains("user stacks cut short: 4 unwind table not loaded yet"),
+            "{svg}"
+        );
     }
 
     /// An empty profile still renders.

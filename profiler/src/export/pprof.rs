@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::events::Unit;
 use crate::profile::{
     EventProfile, KERNEL_MAPPING, Labels, Line, Location, Mapping, Profile, Stack, UnknownReason,
-    Value,
+    UnwindStop, Value,
 };
 
 /// The `perftools.profiles` messages, as declared in pprof's `profile.proto`.
@@ -253,6 +253,9 @@ fn losses_comment(event: &EventProfile) -> String {
     for (reason, samples) in &event.unknown {
         text.push_str(&format!(" unknown.{}={samples}", reason.key()));
     }
+    for (reason, samples) in losses.unwind.iter().filter(|&(_, n)| n > 0) {
+        text.push_str(&format!(" unwind.{}={samples}", reason.key()));
+    }
     text
 }
 
@@ -285,6 +288,10 @@ fn apply_losses_comment(comment: &str, events: &mut [EventProfile]) -> bool {
                     .and_then(UnknownReason::from_key)
                 {
                     event.unknown.insert(reason, value);
+                } else if let Some(reason) =
+                    key.strip_prefix("unwind.").and_then(UnwindStop::from_key)
+                {
+                    event.losses.unwind.set(reason, value);
                 }
             }
         }
@@ -745,6 +752,10 @@ mod tests {
             },
         );
         profile.events[0].losses.stack_map_full = 5;
+        profile.events[0]
+            .losses
+            .unwind
+            .set(UnwindStop::Unreadable, 6);
         profile.events[0].unknown.insert(UnknownReason::Vdso, 2);
         profile
     }
@@ -779,6 +790,7 @@ mod tests {
         assert_eq!(back.start, profile.start);
         assert_eq!(back.duration, profile.duration);
         assert_eq!(back.events[0].losses.stack_map_full, 5);
+        assert_eq!(back.events[0].losses.unwind.get(UnwindStop::Unreadable), 6);
         assert_eq!(back.events[0].unknown.get(&UnknownReason::Vdso), Some(&2));
         assert!(back.comments.is_empty(), "{:?}", back.comments);
     }

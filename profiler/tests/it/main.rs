@@ -2,7 +2,7 @@
 //! real BPF program attached to real (software) perf events, and checks what comes out.
 //!
 //! Tests that record take a global lock: on a 2-vCPU machine, two recordings at once would
-//! disturb each other's proportions (see ../shared/platform.md). They never skip: without
+//! disturb each other's proportions. They never skip: without
 //! root they fail and say why.
 
 mod agent;
@@ -13,6 +13,7 @@ mod bad_input;
 mod ingest;
 mod record;
 mod report;
+mod unwind;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,29 @@ pub fn serial() -> MutexGuard<'static, ()> {
     guard
 }
 
-/// Builds the workload `tests/workloads/<name>.{c,cpp,rs}` with frame pointers and debug
-/// info, once per run, and returns the binary's path.
+/// C flags of the workloads built with frame pointers, up to the output path.
+const FRAME_POINTERS: [&str; 6] = [
+    "-O1",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-Wall",
+    "-Werror",
+    "-o",
+];
+/// C flags of the workloads built as release code is, without frame pointers.
+const NO_FRAME_POINTERS: [&str; 6] = [
+    "-O2",
+    "-g",
+    "-fomit-frame-pointer",
+    "-Wall",
+    "-Werror",
+    "-o",
+];
+
+/// Builds the workload `tests/workloads/<name>.{c,cpp,rs}` with debug info, once per run,
+/// and returns the binary's path. Workloads named `*_nofp` are built as users build release
+/// code, at -O2 without frame pointers (Rust: `-O`, without forced frame pointers); the
+/// others with frame pointers.
 pub fn workload(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
@@ -51,14 +73,12 @@ pub fn workload(name: &str) -> PathBuf {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     std::fs::create_dir_all(&out_dir).unwrap();
     let binary = out_dir.join(name);
-    let c_flags = [
-        "-O1",
-        "-g",
-        "-fno-omit-frame-pointer",
-        "-Wall",
-        "-Werror",
-        "-o",
-    ];
+    let no_frame_pointers = name.ends_with("_nofp");
+    let c_flags = if no_frame_pointers {
+        NO_FRAME_POINTERS
+    } else {
+        FRAME_POINTERS
+    };
     let (source, mut compiler) = match ["c", "cpp", "rs"]
         .into_iter()
         .map(|ext| sources.join(format!("{name}.{ext}")))
@@ -70,7 +90,11 @@ pub fn workload(name: &str) -> PathBuf {
         None => panic!("no workload source for {name} in {}", sources.display()),
     };
     if source.extension().unwrap() == "rs" {
-        compiler.args(["-O", "-g", "-C", "force-frame-pointers=yes", "-o"]);
+        compiler.args(["-O", "-g"]);
+        if !no_frame_pointers {
+            compiler.args(["-C", "force-frame-pointers=yes"]);
+        }
+        compiler.arg("-o");
     } else {
         compiler.args(c_flags);
     }
@@ -82,6 +106,46 @@ pub fn workload(name: &str) -> PathBuf {
     assert!(status.success(), "compiling {}", source.display());
     built.insert(name.to_owned(), binary.clone());
     binary
+}
+
+/// Builds `callback_main.c` with frame pointers against `libwalk.so`, built from
+/// `walk_lib.c` at -O2 without frame pointers, and returns the program's path.
+pub fn workload_with_library() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
+            let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+            std::fs::create_dir_all(&out_dir).unwrap();
+            let library = out_dir.join("libwalk.so");
+            let program = out_dir.join("callback_main");
+            let status = Command::new("cc")
+                .args([
+                    "-O2",
+                    "-g",
+                    "-fomit-frame-pointer",
+                    "-fPIC",
+                    "-shared",
+                    "-o",
+                ])
+                .arg(&library)
+                .arg(sources.join("walk_lib.c"))
+                .status()
+                .expect("cc runs");
+            assert!(status.success(), "compiling walk_lib.c");
+            let status = Command::new("cc")
+                .args(FRAME_POINTERS)
+                .arg(&program)
+                .arg(sources.join("callback_main.c"))
+                .arg(format!("-L{}", out_dir.display()))
+                .arg("-lwalk")
+                .arg(format!("-Wl,-rpath,{}", out_dir.display()))
+                .status()
+                .expect("cc runs");
+            assert!(status.success(), "compiling callback_main.c");
+            program
+        })
+        .clone()
 }
 
 /// A folded-stacks file: (frames root first, count) per line.

@@ -1,7 +1,7 @@
 /* Shared by the test workloads: a deterministic CPU burner that is not a leaf function.
  *
  * GCC drops the frame pointer of leaf functions even with -fno-omit-frame-pointer, and a
- * frame-pointer unwinder then skips the leaf's caller (../shared/platform.md). So the hot
+ * frame-pointer unwinder then skips the leaf's caller. So the hot
  * loops below call `keep()` now and then: they are not leaves, and their callers stay in the
  * stack. Each iteration does the same work, so time is proportional to iterations. */
 #include <stdint.h>

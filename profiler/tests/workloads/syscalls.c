@@ -2,7 +2,7 @@
  *
  * The read is a raw `syscall` instruction inside read_zeroes() rather than a call to libc's
  * read(): Debian's libc has no frame pointers, so unwinding from inside it would skip
- * read_zeroes() itself (../shared/platform.md). */
+ * read_zeroes() itself. */
 #include <fcntl.h>
 #include <stdlib.h>
 #include "common.h"

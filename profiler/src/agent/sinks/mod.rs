@@ -71,12 +71,11 @@ impl Exporter {
         metrics.side_band_lost += span.profile.side_band_lost;
         metrics.processes = closed.processes as u64;
         metrics.symbolizer_resets = closed.symbolizer_resets;
+        metrics.unwind_tables = closed.unwind_tables;
         for event in &span.profile.events {
             let m = metrics.event(&event.name);
             m.samples += event.losses.kernel_samples;
-            m.lost.stack_map_full += event.losses.stack_map_full;
-            m.lost.no_stack += event.losses.no_stack;
-            m.lost.map_full += event.losses.map_full;
+            m.lost += event.losses;
             for (reason, samples) in &event.unknown {
                 *m.unknown.entry(*reason).or_default() += samples;
             }

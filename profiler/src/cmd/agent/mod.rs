@@ -16,25 +16,28 @@ use prof::agent::server;
 use prof::agent::sinks::{Exporter, dir, pyroscope};
 use prof::bpf::{BpfConfig, BpfError, BpfProfiler};
 use prof::drain;
-use prof::events::{self, Event};
-use prof::perf::{self, Sampling};
+use prof::events::Event;
+use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
 use prof::sideband::{POLL_INTERVAL, SideBandReader};
 use prof::symbolize::EventInfo;
-use prof::{cpus, privilege};
+use prof::unwind::Unwinder;
+use prof::{privilege, session};
 
-use crate::cmd::record::{check_sample_rate, with_permission_hint_for};
-use crate::cmd::{start_side_band, stop_on_signals};
+use crate::cmd::record::{unwind_tables, with_permission_hint_for};
+use crate::cmd::stop_on_signals;
 
 /// How long to let in-flight BPF programs and the side band catch up after a flip: samples
 /// being counted during the flip finish within microseconds, and the side band publishes a
 /// whole pass every poll interval.
 const SETTLE: Duration = Duration::from_millis(3 * POLL_INTERVAL.as_millis() as u64);
 
-/// The engine's source: the double-buffered BPF maps and the side band.
+/// The engine's source: the double-buffered BPF maps, the side band, and the unwinder that
+/// keeps the unwind tables current across windows.
 struct BpfSource {
     bpf: BpfProfiler,
     side_band: SideBandReader,
+    unwinder: Option<Unwinder>,
     events: usize,
 }
 
@@ -51,6 +54,7 @@ impl Source for BpfSource {
             drained,
             side_band,
             at: Some(at),
+            unwind_tables: self.unwinder.as_ref().map(|u| unwind_tables(&u.stats())),
         })
     }
 
@@ -85,14 +89,11 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         .as_ref()
         .map(pyroscope::Pusher::new)
         .transpose()?;
-    let resolved = events::resolve(&config.events, perf::probe)?;
-    for warning in &resolved.warnings {
+    let sampling = Sampling::Frequency(config.frequency);
+    let plan = session::plan(&config.events, sampling, None)?;
+    for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
-    let events = resolved.events;
-    let sampling = Sampling::Frequency(config.frequency);
-    check_sample_rate(sampling)?;
-    let cpus = cpus::select(None)?;
     // Bound before anything is attached, so a taken port fails fast.
     let http = match config.http.enabled {
         true => Some(server::bind(config.http.listen)?),
@@ -104,7 +105,11 @@ pub fn run(config: AgentConfig) -> Result<u8> {
     // window flushed; a second signal of any of the three ends it at once.
     signal_hook::flag::register_conditional_shutdown(SIGHUP, 130, Arc::clone(&stop))?;
     signal_hook::flag::register(SIGHUP, Arc::clone(&stop))?;
-    let side_band = start_side_band(&cpus)?;
+    let unwind = config
+        .sampling
+        .unwind
+        .sizes(config.sampling.unwind_table_size);
+    let mut side_band = session::start_side_band(&plan, unwind.is_some(), false)?;
     let snapshot_time = procs::monotonic_now();
     let snapshots: Vec<TimedEvent> = procs::snapshot_all()
         .into_iter()
@@ -115,21 +120,29 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         .collect();
 
     let hint = |err| with_permission_hint_for("prof agent", err);
-    let mut bpf = BpfProfiler::load(&BpfConfig {
-        filter_tgids: false,
-        stack_storage_size: config.stack_storage_size,
-        counts_map_size: config.counts_map_size,
-        double_buffer: true,
-    })
+    let mut bpf = session::attach(
+        &plan,
+        &BpfConfig {
+            filter_tgids: false,
+            stack_storage_size: config.stack_storage_size,
+            counts_map_size: config.counts_map_size,
+            double_buffer: true,
+            unwind,
+        },
+        &[],
+    )
     .map_err(hint)?;
-    for (index, event) in events.iter().enumerate() {
-        bpf.attach(index, event, sampling, &cpus).map_err(hint)?;
-    }
+    let unwinder = session::start_unwinder(
+        &mut bpf,
+        &mut side_band,
+        prof::unwind::Interest::All,
+        snapshots.clone(),
+    );
     bpf.enable()?;
     tracing::info!(
-        events = ?events.iter().map(Event::name).collect::<Vec<_>>(),
+        events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(),
         hz = config.frequency,
-        cpus = cpus.len(),
+        cpus = plan.cpus.len(),
         window_seconds = config.window_seconds,
         listen = ?http.as_ref().map(|_| config.http.listen),
         push = ?config.push.as_ref().map(|p| p.url.as_str()),
@@ -137,7 +150,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         "sampling"
     );
 
-    let infos: Vec<EventInfo> = events.iter().map(EventInfo::from).collect();
+    let infos: Vec<EventInfo> = plan.events.iter().map(EventInfo::from).collect();
     let sampler = Sampler::new(ProcessTable::build(snapshots), infos, config.debug_info);
     let (shared, inbox) = Shared::new(config.clone(), sampler.events());
     let pusher = pusher.map(|pusher| pyroscope::spawn_pusher(pusher, Arc::clone(&shared)));
@@ -146,8 +159,9 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         .transpose()?;
     let source = BpfSource {
         bpf,
-        side_band,
-        events: events.len(),
+        side_band: side_band.reader,
+        unwinder,
+        events: plan.events.len(),
     };
     let exporter = Exporter::new(Arc::clone(&shared));
     let mut engine = Engine::new(

@@ -1,14 +1,15 @@
-//! BPF_LINK_CREATE with a bpf_cookie: attaches a perf_event BPF program to one perf event.
+//! The raw `bpf()` calls that aya 0.14 does not offer. This is the only module in prof that
+//! makes `bpf()` syscalls itself.
 //!
-//! aya 0.14 attaches perf_event programs without a cookie and keeps its own link call
-//! private, so this module makes the one `bpf()` call prof needs itself. It is the only raw
-//! `bpf()` syscall in prof. The kernel side is the "bpf-perf-link" patch set (Linux 5.15):
-//! each link carries a u64 cookie that the program reads with `bpf_get_attach_cookie()`,
-//! which is how one program tells the events apart.
+//! BPF_LINK_CREATE with a bpf_cookie attaches a BPF program to one perf event. aya 0.14
+//! attaches perf_event programs without a cookie and keeps its own link call private. The
+//! kernel side is the "bpf-perf-link" patch set (Linux 5.15): each link carries a u64 cookie
+//! that the program reads with `bpf_get_attach_cookie()`, which is how one program tells the
+//! events apart. The same call links programs to sampling events and to tracepoint events.
 //!
-//! Order of operations (see `../shared/platform.md`): open the perf event disabled, create
-//! the link, then enable the event. Both the perf event fd and the link fd must stay open for
-//! the whole recording; closing either detaches the program.
+//! Order of operations: open the perf event disabled, create the link, then enable the event.
+//! Both the perf event fd and the link fd must stay open for the whole recording; closing
+//! either detaches the program.
 
 use std::io;
 use std::mem;
@@ -39,9 +40,9 @@ struct LinkCreateAttr {
 const _: () = assert!(mem::offset_of!(LinkCreateAttr, bpf_cookie) == 16);
 const _: () = assert!(mem::size_of::<LinkCreateAttr>() == 24);
 
-/// Links the perf_event program `prog` to the perf event `perf_event` with `cookie`.
+/// Links the program `prog` to the perf event `perf_event` with `cookie`.
 /// The returned fd is the link; dropping it detaches the program.
-pub fn create(prog: BorrowedFd<'_>, perf_event: RawFd, cookie: u64) -> io::Result<OwnedFd> {
+pub fn link_create(prog: BorrowedFd<'_>, perf_event: RawFd, cookie: u64) -> io::Result<OwnedFd> {
     let attr = LinkCreateAttr {
         prog_fd: fd_u32(prog.as_raw_fd())?,
         target_fd: fd_u32(perf_event)?,

@@ -1,14 +1,12 @@
 //! perf_event setup: the sampling events the BPF program is linked to, the side-band event
 //! that reports process lifecycles and mappings, and availability probes for `prof list`.
 //!
-//! In: [`Event`]s, a sampling rate and CPUs. Out: open (disabled) perf events, links that
-//! carry a cookie (see [`link`]), and side-band ring buffers. All `perf_event_open` calls go
-//! through perf-event2; the one raw `bpf()` call is in [`link`].
-
-pub mod link;
+//! In: [`Event`]s, a sampling rate and CPUs. Out: open (disabled) perf events, which
+//! [`crate::bpf`] links its program to, and side-band ring buffers. All `perf_event_open`
+//! calls go through perf-event2.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use perf_event::events::Software;
 use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
@@ -32,16 +30,6 @@ pub enum PerfError {
     /// `perf_event_open` failed for a sampling event.
     #[error("perf_event_open for `{event}` on CPU {cpu} failed")]
     Open {
-        /// The event name.
-        event: String,
-        /// The CPU.
-        cpu: u32,
-        /// The errno.
-        source: io::Error,
-    },
-    /// `bpf(BPF_LINK_CREATE)` failed.
-    #[error("bpf(BPF_LINK_CREATE) for `{event}` on CPU {cpu} failed")]
-    Link {
         /// The event name.
         event: String,
         /// The CPU.
@@ -74,7 +62,6 @@ impl PerfError {
     pub fn io_error(&self) -> &io::Error {
         match self {
             PerfError::Open { source, .. }
-            | PerfError::Link { source, .. }
             | PerfError::Enable { source, .. }
             | PerfError::SideBand { source, .. } => source,
         }
@@ -117,10 +104,12 @@ pub fn probe(event: &Event) -> io::Result<()> {
 pub struct SamplingEvent {
     counter: Counter,
     cpu: u32,
+    name: String,
 }
 
 impl SamplingEvent {
-    /// Opens `event` on `cpu` for every process. It stays disabled until [`PerfLink::enable`].
+    /// Opens `event` on `cpu` for every process. It stays disabled until
+    /// [`SamplingEvent::enable`].
     pub fn open(event: &Event, sampling: Sampling, cpu: u32) -> Result<SamplingEvent, PerfError> {
         let mut builder = builder(event);
         builder.any_pid().one_cpu(cpu as usize).enabled(false);
@@ -133,7 +122,11 @@ impl SamplingEvent {
             cpu,
             source,
         })?;
-        Ok(SamplingEvent { counter, cpu })
+        Ok(SamplingEvent {
+            counter,
+            cpu,
+            name: event.name(),
+        })
     }
 
     /// The CPU this event samples.
@@ -141,49 +134,23 @@ impl SamplingEvent {
         self.cpu
     }
 
-    /// Links the perf_event BPF program `prog` to this event with `cookie`.
-    pub fn link(
-        self,
-        event: &Event,
-        prog: BorrowedFd<'_>,
-        cookie: u64,
-    ) -> Result<PerfLink, PerfError> {
-        let link = link::create(prog, self.counter.as_raw_fd(), cookie).map_err(|source| {
-            PerfError::Link {
-                event: event.name(),
-                cpu: self.cpu,
-                source,
-            }
-        })?;
-        Ok(PerfLink {
-            _link: link,
-            event: self,
-            name: event.name(),
-        })
+    /// The event's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
-}
 
-/// A perf event with the BPF program linked to it. Dropping it detaches the program and
-/// closes the event.
-#[derive(Debug)]
-pub struct PerfLink {
-    // Field order matters: the link is closed before the event it points at.
-    _link: OwnedFd,
-    event: SamplingEvent,
-    name: String,
-}
+    /// The perf event's file descriptor, for `BPF_LINK_CREATE`.
+    pub fn raw_fd(&self) -> RawFd {
+        self.counter.as_raw_fd()
+    }
 
-impl PerfLink {
-    /// Starts sampling.
+    /// Starts sampling (`PERF_EVENT_IOC_ENABLE`).
     pub fn enable(&mut self) -> Result<(), PerfError> {
-        self.event
-            .counter
-            .enable()
-            .map_err(|source| PerfError::Enable {
-                event: self.name.clone(),
-                cpu: self.event.cpu,
-                source,
-            })
+        self.counter.enable().map_err(|source| PerfError::Enable {
+            event: self.name.clone(),
+            cpu: self.cpu,
+            source,
+        })
     }
 }
 
@@ -195,7 +162,9 @@ const SIDE_BAND_BYTES: usize = 256 << 10;
 /// Opens the side-band event on `cpu`: a dummy software event that reports every process's
 /// executable mappings (MMAP2, with build ids where the kernel can), names (COMM), forks and
 /// exits, all timestamped with CLOCK_MONOTONIC so records from different CPUs can be ordered.
-pub fn open_side_band(cpu: u32) -> Result<Sampler, PerfError> {
+/// With `wake_on_each`, a reader polling the ring wakes on every record rather than only on
+/// its own schedule: the unwinder needs a new mapping within microseconds, not 20 ms.
+pub fn open_side_band(cpu: u32, wake_on_each: bool) -> Result<Sampler, PerfError> {
     let open = |with_build_id: bool| -> io::Result<Sampler> {
         let mut builder = Builder::new(Software::DUMMY);
         builder
@@ -211,6 +180,9 @@ pub fn open_side_band(cpu: u32) -> Result<Sampler, PerfError> {
             .clockid(Clock::MONOTONIC)
             .build_id(with_build_id)
             .enabled(true);
+        if wake_on_each {
+            builder.wakeup_watermark(1);
+        }
         builder.build()?.sampled(SIDE_BAND_BYTES)
     };
     // Build ids in MMAP2 need Linux 5.12; older kernels give EINVAL, and inode ids do.

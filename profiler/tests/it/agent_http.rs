@@ -174,17 +174,37 @@ fn connections_past_the_limit_are_refused() {
         "[http]\nmax_connections = 8\nheader_timeout_seconds = 120\n",
         &["--window", "1"],
     );
-    let held: Vec<TcpStream> = (0..8)
-        .map(|_| TcpStream::connect(("127.0.0.1", agent.port)).unwrap())
-        .collect();
-    // The eighth may still be in the accept queue: wait until the agent holds all eight.
-    agent.wait_for("eight open connections", Duration::from_secs(10), |_| {
-        let answer = exchange(agent.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        status_of(&answer) == "503"
-    });
-    let answer = exchange(agent.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(status_of(&answer), "503", "{answer}");
+    // Hold eight connections. One that finds the slots still taken by a connection of our
+    // earlier requests, not yet seen closed, is answered 503 and closed: replace it, until
+    // the agent holds all eight in silence.
+    let mut held: Vec<TcpStream> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.len() < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent holds eight connections"
+        );
+        while held.len() < 8 {
+            held.push(TcpStream::connect(("127.0.0.1", agent.port)).unwrap());
+        }
+        held.retain_mut(|stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            matches!(
+                stream.read(&mut byte),
+                Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            )
+        });
+    }
+    let probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // The agent accepts in order: the ninth connection waits behind the eight.
+    let answer = exchange(agent.port, probe);
+    assert_eq!(status_of(&answer), "503", "{answer}\n{:?}", agent.metrics());
     assert!(answer.contains("too many connections"), "{answer}");
+    let answer = exchange(agent.port, probe);
+    assert_eq!(status_of(&answer), "503", "still full: {answer}");
     drop(held);
     agent.wait_for("the slots to free", Duration::from_secs(10), |a| {
         a.get("/healthz").0 == 200

@@ -108,15 +108,15 @@ static __always_inline __u64 take_user_stack(void *ctx, const struct user_regs *
 
 	if (!unwind_tables)
 		return take_stack(ctx, stacks, stack, BPF_F_USER_STACK);
+	if (at)
+		regs = *at;
+	else if (task_user_regs(&regs))
+		return EFAULT; /* a kernel thread: no user stack, and nothing to load */
 	proc = bpf_map_lookup_elem(&unwind_procs, &tgid);
 	if (!proc) {
 		bump(event, PROF_STAT_UNWIND_NOT_LOADED);
 		return take_stack(ctx, stacks, stack, BPF_F_USER_STACK);
 	}
-	if (at)
-		regs = *at;
-	else if (task_user_regs(&regs))
-		return EFAULT;
 	depth = walk_user_stack(regs.ip, regs.sp, regs.bp, proc, stack, &stop);
 	if (stop)
 		bump(event, stop);

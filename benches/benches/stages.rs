@@ -72,6 +72,7 @@ fn user_addresses(count: usize) -> (Vec<u64>, Mapping) {
         file_offset: offset,
         backing: Backing::File(Arc::from(exe.as_path())),
         build_id: None,
+        file_id: None,
     };
     let functions: Vec<(u64, u64)> = file
         .symbols()

@@ -11,11 +11,13 @@
 //! Every stage takes plain data and returns plain data; only the command layer in the binary
 //! knows their order.
 pub mod agent;
+pub mod binaries;
 pub mod bpf;
 pub mod cpus;
 pub mod drain;
 pub mod events;
 pub mod export;
+pub mod jit;
 pub mod perf;
 pub mod privilege;
 pub mod procs;

@@ -11,7 +11,7 @@
 //! neither undone by older records nor overrides newer ones.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use procfs::process::{MMPermissions, MMapPath, Process as ProcProcess};
@@ -40,6 +40,32 @@ pub struct Mapping {
     pub backing: Backing,
     /// The GNU build id, where the kernel reported one.
     pub build_id: Option<Arc<[u8]>>,
+    /// The file's device and inode, where `/proc` or the kernel told them.
+    pub file_id: Option<FileId>,
+}
+
+/// Which file a mapping maps: its device and inode, as `/proc/<pid>/maps` and the side
+/// band's mmap records tell them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// The device's major number.
+    pub major: u32,
+    /// The device's minor number.
+    pub minor: u32,
+    /// The inode.
+    pub inode: u64,
+}
+
+impl FileId {
+    /// The id of the file at `path` now, if it can be stat'ed.
+    pub fn of(path: &Path) -> Option<FileId> {
+        let stat = rustix::fs::stat(path).ok()?;
+        Some(FileId {
+            major: rustix::fs::major(stat.st_dev),
+            minor: rustix::fs::minor(stat.st_dev),
+            inode: stat.st_ino,
+        })
+    }
 }
 
 impl Mapping {
@@ -298,10 +324,17 @@ fn executable_mapping(map: procfs::process::MemoryMap) -> Option<Mapping> {
     if !map.perms.contains(MMPermissions::EXECUTE) {
         return None;
     }
-    let backing = match map.pathname {
-        MMapPath::Path(path) => Backing::File(Arc::from(path.as_path())),
-        MMapPath::Vdso => Backing::Vdso,
-        _ => Backing::Anonymous,
+    let (backing, file_id) = match map.pathname {
+        MMapPath::Path(path) => {
+            let id = FileId {
+                major: map.dev.0 as u32,
+                minor: map.dev.1 as u32,
+                inode: map.inode,
+            };
+            (Backing::File(Arc::from(path.as_path())), Some(id))
+        }
+        MMapPath::Vdso => (Backing::Vdso, None),
+        _ => (Backing::Anonymous, None),
     };
     Some(Mapping {
         start: map.address.0,
@@ -309,6 +342,7 @@ fn executable_mapping(map: procfs::process::MemoryMap) -> Option<Mapping> {
         file_offset: map.offset,
         backing,
         build_id: None,
+        file_id,
     })
 }
 
@@ -321,23 +355,6 @@ pub fn backing_from_name(name: &[u8]) -> Backing {
         b"//anon" => Backing::Anonymous,
         [b'/', ..] => Backing::File(Arc::from(Path::new(std::ffi::OsStr::from_bytes(name)))),
         _ => Backing::Anonymous,
-    }
-}
-
-/// Where to open a process's mapped file from this process: the path itself, or, for a
-/// process in another mount namespace that is still alive, the path under its root.
-pub fn openable_path(tgid: u32, path: &Path) -> PathBuf {
-    if path.exists() {
-        return path.to_path_buf();
-    }
-    let under_root = Path::new("/proc")
-        .join(tgid.to_string())
-        .join("root")
-        .join(path.strip_prefix("/").unwrap_or(path));
-    if under_root.exists() {
-        under_root
-    } else {
-        path.to_path_buf()
     }
 }
 
@@ -362,6 +379,7 @@ mod tests {
             file_offset,
             backing: file(path),
             build_id: None,
+            file_id: None,
         }
     }
 

@@ -60,12 +60,18 @@ pub enum UnknownReason {
     ProcessUnknown,
     /// The address lies in no executable mapping of the process.
     Unmapped,
-    /// The address lies in anonymous executable memory (JIT code).
+    /// The address lies in anonymous executable memory (JIT code) and the process has no
+    /// perf map (`/tmp/perf-<pid>.map`) to name it.
     Anonymous,
+    /// The address lies in JIT code, but the process's perf map names no function there.
+    JitUnnamed,
     /// The address lies in the vDSO.
     Vdso,
     /// The mapped file could not be read.
     FileUnreadable,
+    /// The process exited, and the file now at its path is not the one it mapped (another
+    /// build id or inode: rebuilt, or the process ran in another mount namespace).
+    FileChanged,
     /// The file has no symbol that covers the address.
     NoSymbol,
     /// No kernel symbol covers the address.
@@ -80,9 +86,11 @@ impl UnknownReason {
             UnknownReason::NoStack => "no stack could be taken",
             UnknownReason::ProcessUnknown => "process never seen",
             UnknownReason::Unmapped => "address in no executable mapping",
-            UnknownReason::Anonymous => "anonymous executable memory (JIT)",
+            UnknownReason::Anonymous => "JIT or anonymous code without a perf map",
+            UnknownReason::JitUnnamed => "JIT code its perf map does not name",
             UnknownReason::Vdso => "vDSO",
             UnknownReason::FileUnreadable => "binary could not be read",
+            UnknownReason::FileChanged => "binary replaced since the process exited",
             UnknownReason::NoSymbol => "no symbol in the binary",
             UnknownReason::KernelNoSymbol => "no kernel symbol",
         }
@@ -91,14 +99,16 @@ impl UnknownReason {
 
 impl UnknownReason {
     /// Every reason, in order.
-    pub const ALL: [UnknownReason; 9] = [
+    pub const ALL: [UnknownReason; 11] = [
         UnknownReason::StackMapFull,
         UnknownReason::NoStack,
         UnknownReason::ProcessUnknown,
         UnknownReason::Unmapped,
         UnknownReason::Anonymous,
+        UnknownReason::JitUnnamed,
         UnknownReason::Vdso,
         UnknownReason::FileUnreadable,
+        UnknownReason::FileChanged,
         UnknownReason::NoSymbol,
         UnknownReason::KernelNoSymbol,
     ];
@@ -111,8 +121,10 @@ impl UnknownReason {
             UnknownReason::ProcessUnknown => "process_unknown",
             UnknownReason::Unmapped => "unmapped",
             UnknownReason::Anonymous => "anonymous",
+            UnknownReason::JitUnnamed => "jit_unnamed",
             UnknownReason::Vdso => "vdso",
             UnknownReason::FileUnreadable => "file_unreadable",
+            UnknownReason::FileChanged => "file_changed",
             UnknownReason::NoSymbol => "no_symbol",
             UnknownReason::KernelNoSymbol => "kernel_no_symbol",
         }
@@ -276,6 +288,13 @@ pub struct Mapping {
     pub limit: u64,
     /// Offset in the file of `start`.
     pub offset: u64,
+    /// Whether its addresses went through symbolization (pprof's `HasFunctions`): prof sets
+    /// it on every mapping it tried to name, resolved or not, so readers such as `go tool
+    /// pprof` never try again (and never ask a server's `/debug/pprof/symbol`).
+    pub has_functions: bool,
+    /// Whether source files and lines were looked up too (pprof's `HasFilenames`,
+    /// `HasLineNumbers` and `HasInlineFrames`): only when DWARF was read.
+    pub has_lines: bool,
 }
 
 /// The name of the kernel's pseudo-mapping, as perf names it.

@@ -21,7 +21,7 @@ use perf_event::data::endian::Native;
 use perf_event::data::parse::{ParseConfig, Parser};
 use perf_event::data::{Comm, Exit, Lost, Mmap2, RecordMetadata, Visitor};
 
-use crate::procs::{Mapping, ProcessEvent, TimedEvent, backing_from_name};
+use crate::procs::{FileId, Mapping, ProcessEvent, TimedEvent, backing_from_name};
 
 /// How often the reader wakes to drain the rings, at the latest. The rings hold far more
 /// than this much. Rings opened with a wakeup on every record (for the unwinder, which needs
@@ -188,6 +188,14 @@ impl<'a> Visitor<'a> for RecordVisitor {
             file_offset: record.pgoff,
             backing: backing_from_name(&record.filename),
             build_id: record.build_id().map(Arc::from),
+            file_id: match (record.maj(), record.min(), record.ino()) {
+                (Some(major), Some(minor), Some(inode)) if inode != 0 => Some(FileId {
+                    major,
+                    minor,
+                    inode,
+                }),
+                _ => None,
+            },
         };
         timed(
             &metadata,

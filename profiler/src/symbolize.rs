@@ -15,15 +15,17 @@
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized};
 
+use crate::binaries::{self, DebugFile};
 use crate::drain::{Drained, RawSample, RawStack};
 use crate::events::{Event, Unit};
-use crate::procs::{self, Backing, ProcessTable, openable_path};
+use crate::jit;
+use crate::procs::{self, Backing, ProcessTable};
 use crate::profile::{
     EventProfile, KERNEL_MAPPING, Labels, Line, Location, Mapping, Profile, Stack, UnknownReason,
 };
@@ -42,10 +44,28 @@ enum UserLocation {
         offset: u64,
         mapping: u32,
     },
+    /// Possibly JIT code, named by the process's perf map if it has one; else unknown for
+    /// `otherwise`.
+    Jit {
+        mapping: Option<u32>,
+        otherwise: UnknownReason,
+    },
     Unknown {
         reason: UnknownReason,
         mapping: Option<u32>,
     },
+}
+
+/// The addresses to look up in one file.
+#[derive(Debug)]
+struct FileBatch {
+    /// Where it opens from here.
+    opened: Arc<Path>,
+    /// The path the process mapped.
+    path: Arc<Path>,
+    /// The process's root, when it is not prof's: its debug files are looked for there too.
+    root: Option<PathBuf>,
+    offsets: BTreeSet<u64>,
 }
 
 /// A reusable symbolizer: blazesym caches parsed files between calls.
@@ -58,6 +78,11 @@ pub struct Symbolizer {
     /// long-running caller [evicts](Symbolizer::evict_idle) the files it stopped needing.
     calls: Cell<u64>,
     last_used: RefCell<HashMap<Arc<Path>, u64>>,
+    /// Each binary's separate debug file, by the path the binary opens from (`None`: it
+    /// has none), found once and forgotten with the binary.
+    debug_files: RefCell<HashMap<Arc<Path>, Option<Arc<DebugFile>>>>,
+    /// Perf maps of JIT processes, by tgid, kept while the process table knows them.
+    perf_maps: RefCell<HashMap<u32, Arc<jit::PerfMap>>>,
 }
 
 impl Default for Symbolizer {
@@ -105,6 +130,8 @@ impl Symbolizer {
             debug_info,
             calls: Cell::new(0),
             last_used: RefCell::new(HashMap::default()),
+            debug_files: RefCell::new(HashMap::default()),
+            perf_maps: RefCell::new(HashMap::default()),
         }
     }
 
@@ -122,9 +149,14 @@ impl Symbolizer {
             .collect();
         for path in &idle {
             self.last_used.borrow_mut().remove(path);
-            let evict = blazesym::symbolize::evict::Elf::new(path.as_ref());
-            if let Err(err) = self.blazesym.evict(&evict.into()) {
-                tracing::debug!("cannot evict {}: {err}", path.display());
+            let debug = self.debug_files.borrow_mut().remove(path).flatten();
+            for file in
+                std::iter::once(path.as_ref()).chain(debug.as_ref().map(|d| d.path.as_path()))
+            {
+                let evict = blazesym::symbolize::evict::Elf::new(file);
+                if let Err(err) = self.blazesym.evict(&evict.into()) {
+                    tracing::debug!("cannot evict {}: {err}", file.display());
+                }
             }
         }
         idle.len()
@@ -204,19 +236,21 @@ impl Symbolizer {
         strings: &mut Strings,
     ) -> HashMap<(u32, u64), Resolution> {
         // Pass 1: where does each unique (process, address) point?
-        let mut files: Vec<(Arc<Path>, BTreeSet<u64>)> = Vec::new();
+        let mut files: Vec<FileBatch> = Vec::new();
         // By the path to open; and by (process, mapping start), so each is looked up once.
         let mut file_index: HashMap<Arc<Path>, usize> = HashMap::default();
-        let mut mapping_ids: HashMap<(u32, u64), (u32, Option<usize>)> = HashMap::default();
+        let mut mapping_ids: HashMap<(u32, u64), (u32, Result<usize, UnknownReason>)> =
+            HashMap::default();
         let mut build_ids: HashMap<Arc<Path>, Option<Arc<str>>> = HashMap::default();
+        let mut locator = binaries::Locator::default();
         let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::default();
+        let mut jit_processes: BTreeSet<u32> = BTreeSet::new();
         for sample in samples {
             for (depth, &ip) in sample.user.frames().iter().enumerate() {
                 let addr = lookup_address(ip, depth);
-                locations.entry((sample.tgid, addr)).or_insert_with(|| {
-                    let Some(process) = processes
-                        .get(sample.tgid)
-                        .filter(|_| processes.knows(sample.tgid))
+                let tgid = sample.tgid;
+                locations.entry((tgid, addr)).or_insert_with(|| {
+                    let Some(process) = processes.get(tgid).filter(|_| processes.knows(tgid))
                     else {
                         return UserLocation::Unknown {
                             reason: UnknownReason::ProcessUnknown,
@@ -224,19 +258,34 @@ impl Symbolizer {
                         };
                     };
                     let Some(mapping) = process.mapping_of(addr) else {
-                        return UserLocation::Unknown {
-                            reason: UnknownReason::Unmapped,
+                        // JIT code in memory the table never saw mapped may still be named
+                        // by the process's perf map.
+                        jit_processes.insert(tgid);
+                        return UserLocation::Jit {
                             mapping: None,
+                            otherwise: UnknownReason::Unmapped,
                         };
                     };
-                    let (mapping_id, file) = *mapping_ids
-                        .entry((sample.tgid, mapping.start))
-                        .or_insert_with(|| {
-                            let mut described = profile_mapping(mapping, strings);
+                    let (mapping_id, file) =
+                        *mapping_ids.entry((tgid, mapping.start)).or_insert_with(|| {
+                            let mut described = profile_mapping(mapping, self.debug_info, strings);
                             let Backing::File(path) = &mapping.backing else {
-                                return (profile.mappings.intern(described), None);
+                                let reason = match mapping.backing {
+                                    Backing::Vdso => UnknownReason::Vdso,
+                                    _ => UnknownReason::Anonymous,
+                                };
+                                return (profile.mappings.intern(described), Err(reason));
                             };
-                            let opened: Arc<Path> = Arc::from(openable_path(sample.tgid, path));
+                            let opened = match locator.locate(tgid, process, mapping) {
+                                Ok(opened) => Arc::<Path>::from(opened),
+                                Err(reason) => {
+                                    tracing::debug!(
+                                        "{} of process {tgid}: {reason}",
+                                        path.display()
+                                    );
+                                    return (profile.mappings.intern(described), Err(reason));
+                                }
+                            };
                             // Processes that predate the recording come from /proc, which
                             // tells no build id: read it from the file.
                             if described.build_id.is_none() {
@@ -247,27 +296,38 @@ impl Symbolizer {
                             }
                             let file =
                                 *file_index.entry(Arc::clone(&opened)).or_insert_with(|| {
-                                    files.push((opened, BTreeSet::new()));
+                                    let root = locator.root(tgid);
+                                    files.push(FileBatch {
+                                        opened,
+                                        path: Arc::clone(path),
+                                        root,
+                                        offsets: BTreeSet::new(),
+                                    });
                                     files.len() - 1
                                 });
-                            (profile.mappings.intern(described), Some(file))
+                            (profile.mappings.intern(described), Ok(file))
                         });
-                    let reason = match (&mapping.backing, file) {
-                        (_, Some(file)) => {
+                    match file {
+                        Ok(file) => {
                             let offset = mapping.file_offset_of(addr);
-                            files[file].1.insert(offset);
-                            return UserLocation::File {
+                            files[file].offsets.insert(offset);
+                            UserLocation::File {
                                 file,
                                 offset,
                                 mapping: mapping_id,
-                            };
+                            }
                         }
-                        (Backing::Vdso, _) => UnknownReason::Vdso,
-                        _ => UnknownReason::Anonymous,
-                    };
-                    UserLocation::Unknown {
-                        reason,
-                        mapping: Some(mapping_id),
+                        Err(UnknownReason::Anonymous) => {
+                            jit_processes.insert(tgid);
+                            UserLocation::Jit {
+                                mapping: Some(mapping_id),
+                                otherwise: UnknownReason::Anonymous,
+                            }
+                        }
+                        Err(reason) => UserLocation::Unknown {
+                            reason,
+                            mapping: Some(mapping_id),
+                        },
                     }
                 });
             }
@@ -277,30 +337,17 @@ impl Symbolizer {
         let call = self.calls.get() + 1;
         self.calls.set(call);
         let mut by_file: HashMap<(usize, u64), Lines> = HashMap::default();
-        for (file, (path, offsets)) in files.iter().enumerate() {
-            self.last_used.borrow_mut().insert(Arc::clone(path), call);
-            let offsets: Vec<u64> = offsets.iter().copied().collect();
-            let mut elf = Elf::new(path.as_ref());
-            elf.debug_syms = self.debug_info;
-            let source = Source::Elf(elf);
-            match self
-                .blazesym
-                .symbolize(&source, Input::FileOffset(&offsets))
-            {
-                Ok(symbols) => {
-                    for (offset, symbol) in offsets.iter().zip(symbols) {
-                        let lines = lines_of(symbol, strings, UnknownReason::NoSymbol);
-                        by_file.insert((file, *offset), lines);
-                    }
-                }
-                Err(err) => {
-                    tracing::debug!("cannot symbolize {}: {err}", path.display());
-                    for offset in offsets {
-                        by_file.insert((file, offset), Err(UnknownReason::FileUnreadable));
-                    }
-                }
+        for (file, batch) in files.iter().enumerate() {
+            self.last_used
+                .borrow_mut()
+                .insert(Arc::clone(&batch.opened), call);
+            let offsets: Vec<u64> = batch.offsets.iter().copied().collect();
+            let lines = self.lookup_file(batch, &offsets, strings);
+            for (offset, lines) in offsets.into_iter().zip(lines) {
+                by_file.insert((file, offset), lines);
             }
         }
+        let perf_maps = self.perf_maps(&jit_processes, processes);
 
         locations
             .into_iter()
@@ -311,6 +358,23 @@ impl Symbolizer {
                         offset,
                         mapping,
                     } => (Some(mapping), by_file[&(file, offset)].clone()),
+                    UserLocation::Jit { mapping, otherwise } => {
+                        let lines = match perf_maps.get(&tgid) {
+                            Some(map) => match map.lookup(address) {
+                                Some(name) => Ok(vec![Line {
+                                    function: strings.get(name),
+                                    file: None,
+                                    line: 0,
+                                }]),
+                                None if otherwise == UnknownReason::Anonymous => {
+                                    Err(UnknownReason::JitUnnamed)
+                                }
+                                None => Err(otherwise),
+                            },
+                            None => Err(otherwise),
+                        };
+                        (mapping, lines)
+                    }
                     UserLocation::Unknown { reason, mapping } => (mapping, Err(reason)),
                 };
                 let reason = lines.as_ref().err().copied();
@@ -326,6 +390,118 @@ impl Symbolizer {
                 )
             })
             .collect()
+    }
+
+    /// The lines of each of `offsets` in one file: from its separate debug file where it has
+    /// one (full symbol table; DWARF too when reading debug info), else from the file itself.
+    fn lookup_file(&self, batch: &FileBatch, offsets: &[u64], strings: &mut Strings) -> Vec<Lines> {
+        let debug_file = self
+            .debug_files
+            .borrow_mut()
+            .entry(Arc::clone(&batch.opened))
+            .or_insert_with(|| {
+                let found =
+                    binaries::find_debug_file(&batch.opened, &batch.path, batch.root.as_deref());
+                if let Some(separate) = &found {
+                    tracing::debug!(
+                        "{}: symbols from {}",
+                        batch.path.display(),
+                        separate.path.display()
+                    );
+                }
+                found.map(Arc::new)
+            })
+            .clone();
+        let mut lines: Vec<Option<Lines>> = vec![None; offsets.len()];
+        if let Some(separate) = &debug_file {
+            let (indices, addrs): (Vec<usize>, Vec<u64>) = offsets
+                .iter()
+                .enumerate()
+                .filter_map(|(index, &offset)| Some((index, separate.address_of(offset)?)))
+                .unzip();
+            let mut elf = Elf::new(&separate.path);
+            elf.debug_syms = self.debug_info;
+            match self
+                .blazesym
+                .symbolize(&Source::Elf(elf), Input::VirtOffset(&addrs))
+            {
+                Ok(symbols) => {
+                    for (index, symbol) in indices.into_iter().zip(symbols) {
+                        if let Symbolized::Sym(_) = symbol {
+                            lines[index] = Some(lines_of(symbol, strings, UnknownReason::NoSymbol));
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!("cannot symbolize {}: {err}", separate.path.display())
+                }
+            }
+        }
+        // What the debug file did not name, the file itself may.
+        let rest: Vec<u64> = offsets
+            .iter()
+            .zip(&lines)
+            .filter(|(_, lines)| lines.is_none())
+            .map(|(&offset, _)| offset)
+            .collect();
+        if !rest.is_empty() {
+            let mut elf = Elf::new(batch.opened.as_ref());
+            elf.debug_syms = self.debug_info;
+            let mut found = match self
+                .blazesym
+                .symbolize(&Source::Elf(elf), Input::FileOffset(&rest))
+            {
+                Ok(symbols) => symbols
+                    .into_iter()
+                    .map(|symbol| lines_of(symbol, strings, UnknownReason::NoSymbol))
+                    .collect(),
+                Err(err) => {
+                    tracing::debug!("cannot symbolize {}: {err}", batch.opened.display());
+                    vec![Err(UnknownReason::FileUnreadable); rest.len()]
+                }
+            }
+            .into_iter();
+            for slot in lines.iter_mut().filter(|lines| lines.is_none()) {
+                *slot = found.next();
+            }
+        }
+        lines
+            .into_iter()
+            .map(|lines| lines.unwrap_or(Err(UnknownReason::NoSymbol)))
+            .collect()
+    }
+
+    /// The perf maps of `tgids`, read now (drain time) and kept for as long as the process
+    /// table knows the process: a live process's map is read through its root and re-read
+    /// when it grew; one that exited keeps what was read while it lived, plus what its file
+    /// on this machine's `/tmp` says, for processes that shared prof's namespaces.
+    fn perf_maps(
+        &self,
+        tgids: &BTreeSet<u32>,
+        processes: &ProcessTable,
+    ) -> HashMap<u32, Arc<jit::PerfMap>> {
+        let mut cache = self.perf_maps.borrow_mut();
+        cache.retain(|&tgid, _| processes.knows(tgid));
+        let mut maps = HashMap::default();
+        for &tgid in tgids {
+            let exited = processes.get(tgid).is_none_or(|p| p.exited);
+            let path = match exited {
+                false => jit::live_path(tgid),
+                true => None,
+            }
+            .unwrap_or_else(|| jit::host_path(tgid));
+            let map = cache.entry(tgid).or_default();
+            match Arc::make_mut(map).refresh(&path) {
+                Ok(true) => tracing::debug!(tgid, functions = map.len(), "read {}", path.display()),
+                Ok(false) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => tracing::debug!("cannot read {}: {err}", path.display()),
+            }
+            if !map.is_empty() {
+                maps.insert(tgid, Arc::clone(map));
+            }
+        }
+        maps
     }
 
     fn resolve_kernel(
@@ -354,6 +530,8 @@ impl Symbolizer {
             start: addrs[0],
             limit: u64::MAX,
             offset: 0,
+            has_functions: true,
+            has_lines: false,
         });
         let source = Source::Kernel(Kernel::default());
         let lines: Vec<Lines> = match self.blazesym.symbolize(&source, Input::AbsAddr(&addrs)) {
@@ -424,8 +602,9 @@ fn line_of(function: &str, code: Option<&CodeInfo<'_>>, strings: &mut Strings) -
     }
 }
 
-/// The profile's view of a process mapping.
-fn profile_mapping(mapping: &procs::Mapping, strings: &mut Strings) -> Mapping {
+/// The profile's view of a process mapping: symbolized for functions (prof tries every
+/// mapping: files, perf maps, the vDSO), and for source lines where DWARF is read.
+fn profile_mapping(mapping: &procs::Mapping, debug_info: bool, strings: &mut Strings) -> Mapping {
     let file = match &mapping.backing {
         Backing::File(path) => strings.get(&path.to_string_lossy()),
         Backing::Vdso => strings.get("[vdso]"),
@@ -438,6 +617,8 @@ fn profile_mapping(mapping: &procs::Mapping, strings: &mut Strings) -> Mapping {
         start: mapping.start,
         limit: mapping.end,
         offset: mapping.file_offset,
+        has_functions: true,
+        has_lines: debug_info && matches!(mapping.backing, Backing::File(_)),
     }
 }
 
@@ -533,6 +714,67 @@ mod tests {
                 .iter()
                 .any(|f| f.contains("marker_function_for_symbolize_test"))
         }));
+    }
+
+    /// In symbol-table-only mode (the agent's default), an address of libc's internal
+    /// `__libc_start_call_main`, which only libc6-dbg's separate debug file names, is named;
+    /// the mapping says it was symbolized for functions but not for lines.
+    #[test]
+    fn symbol_tables_of_debug_files() {
+        use object::{Object, ObjectSymbol};
+        let me = std::process::id();
+        let Some(event @ ProcessEvent::Snapshot { .. }) = snapshot(me) else {
+            panic!("own snapshot");
+        };
+        let processes = ProcessTable::build(vec![crate::procs::TimedEvent { time: 0, event }]);
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let debug = binaries::find_debug_file(libc, libc, None).expect("libc6-dbg is installed");
+        let bytes = std::fs::read(&debug.path).unwrap();
+        let file = object::File::parse(bytes.as_slice()).unwrap();
+        let address = file
+            .symbols()
+            .find(|s| s.name() == Ok("__libc_start_call_main"))
+            .expect("the debug file names it")
+            .address();
+        // Where that address is loaded in this process: the text mapping of libc.
+        let process = processes.get(me).unwrap();
+        let text = process
+            .mappings
+            .iter()
+            .find(|m| {
+                matches!(&m.backing, Backing::File(p) if p.ends_with("libc.so.6"))
+                    && debug
+                        .address_of(m.file_offset)
+                        .is_some_and(|a| a <= address && address < a + (m.end - m.start))
+            })
+            .expect("libc's text is mapped");
+        let ip = text.start + (address - debug.address_of(text.file_offset).unwrap()) + 4;
+        let drained = Drained {
+            samples: vec![RawSample {
+                tgid: me,
+                event: 0,
+                user: RawStack::Frames(vec![ip].into()),
+                kernel: RawStack::Failed(libc::EFAULT),
+                value: Value {
+                    samples: 1,
+                    period: 1,
+                },
+            }],
+            stats: KernelStats::default(),
+        };
+        let events = [EventInfo {
+            name: "cpu-clock".into(),
+            unit: Unit::Nanoseconds,
+        }];
+        let profile = Symbolizer::with_debug_info(false).symbolize(&drained, &processes, &events);
+        let (stack, _) = profile.events[0].stacks.iter().next().unwrap();
+        assert_eq!(
+            profile.frame_names(stack, false)[1..],
+            ["__libc_start_call_main"]
+        );
+        let location = profile.locations.get(stack.locations[0]);
+        let mapping = profile.mappings.get(location.mapping.unwrap());
+        assert!(mapping.has_functions && !mapping.has_lines, "{mapping:?}");
     }
 
     /// Samples of this process: the marker function, an unmapped address, and an unknown

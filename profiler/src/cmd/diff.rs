@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
-use prof::export::{self, Format, diff, flamegraph, folded};
+use prof::export::{self, Format, diff, flamegraph, folded, pprof};
 
 use crate::cmd::report::event_index;
 
@@ -47,9 +47,12 @@ pub fn run(config: DiffConfig) -> Result<u8> {
             let common = before
                 .events
                 .iter()
-                .position(|e| after.event_index(&e.name).is_some());
+                .position(|e| pprof::find_event(&after, &e.name).is_some());
             match common {
-                Some(b) => (b, after.event_index(&before.events[b].name).unwrap_or(0)),
+                Some(b) => (
+                    b,
+                    pprof::find_event(&after, &before.events[b].name).unwrap_or(0),
+                ),
                 None if before.events.len() == 1 && after.events.len() == 1 => (0, 0),
                 None => bail!(
                     "the profiles share no event; pick one of each with --event (before has {}, after has {})",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 use prof::events::file_name_part;
-use prof::export::{self, Format, flamegraph, ratio};
+use prof::export::{self, Format, flamegraph, pprof, ratio};
 use prof::profile::Profile;
 use prof::summary;
 
@@ -66,9 +66,10 @@ pub fn run(config: ReportConfig) -> Result<u8> {
     Ok(0)
 }
 
-/// The index of event `name`, or an error that lists the events the profile has.
+/// The index of event `name` (a perf name, or the pprof sample type it maps to), or an
+/// error that lists the events the profile has.
 pub fn event_index(profile: &Profile, name: &str) -> Result<usize> {
-    if let Some(index) = profile.event_index(name) {
+    if let Some(index) = pprof::find_event(profile, name) {
         return Ok(index);
     }
     let known: Vec<&str> = profile.events.iter().map(|e| e.name.as_str()).collect();

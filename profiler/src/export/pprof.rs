@@ -5,10 +5,16 @@
 //! are declared in [`proto`] with prost's derive, field numbers following
 //! `profile.proto`; prost does the encoding.
 //!
-//! Each event has two sample types: `<event>/samples` (count) and `<event>` (the
-//! estimated count, in nanoseconds or events), so `go tool pprof -sample_index=cpu-clock`
-//! shows time and `-sample_index=cpu-clock/samples` the samples. Samples carry `pid` and
-//! `comm` labels; the losses go into the comments, one parseable line per event.
+//! Each event has two sample types, named as Pyroscope, Parca and Go's tools accept them
+//! (no `-`, `/` or `:`; see [`sample_types`]): the CPU-time event is `samples`/`count` and
+//! `cpu`/`nanoseconds`, as Go's CPU profiles and Alloy's eBPF profiler write it, so
+//! Pyroscope files it as `process_cpu`; every other event is `<name>_samples`/`count` and
+//! `<name>` in its unit, with `-` and `:` turned into `_` (`page_faults`). One comment per
+//! event (`prof event page_faults=page-faults`) keeps the perf name, so prof reads its files
+//! back under the names the user typed. Samples carry `pid` and `comm` labels; the losses go
+//! into the comments, one parseable line per event.
+//!
+//! Files written before this naming (`cpu-clock/samples`, `cpu-clock`) still read.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::io::{self, Read, Write};
@@ -61,6 +67,24 @@ pub mod proto {
         pub comment: Vec<i64>,
         #[prost(int64, tag = "14")]
         pub default_sample_type: i64,
+    }
+
+    impl Profile {
+        /// The string at `index` of the string table (empty when out of range).
+        pub fn text(&self, index: i64) -> &str {
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| self.string_table.get(i))
+                .map_or("", String::as_str)
+        }
+
+        /// Each sample type as (type, unit) strings.
+        pub fn sample_type_names(&self) -> Vec<(&str, &str)> {
+            self.sample_type
+                .iter()
+                .map(|t| (self.text(t.r#type), self.text(t.unit)))
+                .collect()
+        }
     }
 
     /// A sample type: both fields index the string table.
@@ -186,6 +210,225 @@ pub enum PprofError {
 /// Gzip-compressed pprof files start with these bytes.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// The two pprof sample types of one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleTypes {
+    /// The type that counts samples (unit `count`).
+    pub samples: String,
+    /// The type of the estimated event count.
+    pub value: String,
+    /// The value type's unit.
+    pub unit: &'static str,
+}
+
+/// The sample type of the CPU-time event, as Go's CPU profiles and Alloy name it.
+const CPU_TYPE: &str = "cpu";
+/// The sample type that counts the CPU-time event's samples.
+const SAMPLES_TYPE: &str = "samples";
+/// The comment that keeps an event's perf name: `prof event <value type>=<perf name>`.
+const EVENT_COMMENT: &str = "prof event ";
+
+/// Whether `name` (a perf event name, with or without modifiers) measures CPU time in
+/// nanoseconds: `cpu-clock`, `task-clock`, or Go's `cpu`.
+fn is_cpu_time(name: &str) -> bool {
+    let base = name.split(':').next().unwrap_or(name);
+    matches!(base, "cpu-clock" | "task-clock" | CPU_TYPE)
+}
+
+/// Whether `name` is the hardware `cycles` event (with or without modifiers).
+fn is_cycles(name: &str) -> bool {
+    let base = name.split(':').next().unwrap_or(name);
+    matches!(base, "cycles" | "cpu-cycles")
+}
+
+/// `name` as a sample type Pyroscope accepts and Prometheus-style names allow: every
+/// character but ASCII letters, digits and `_` becomes `_` (`page-faults` → `page_faults`,
+/// `cpu-clock:u` → `cpu_clock_u`).
+pub fn sample_type_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if name.is_empty() {
+        "_".to_owned()
+    } else {
+        name
+    }
+}
+
+/// The index of the event that becomes `samples` and `cpu`: the first one counting CPU time
+/// in nanoseconds, else the first `cycles` (on machines with a PMU, the default event).
+fn cpu_event(events: &[EventProfile]) -> Option<usize> {
+    events
+        .iter()
+        .position(|e| e.unit == Unit::Nanoseconds && is_cpu_time(&e.name))
+        .or_else(|| events.iter().position(|e| is_cycles(&e.name)))
+}
+
+/// The unit a sample type names for `unit`: events are a `count`, as in Go's profiles.
+fn unit_name(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Events => "count",
+        unit => unit.as_str(),
+    }
+}
+
+/// The sample types of each event, in order:
+///
+/// - the CPU-time event (see [`cpu_event`]): `samples`/`count` and `cpu`/`nanoseconds`
+///   (`cpu`/`count` for `cycles`, whose periods count cycles, not time);
+/// - every other event: `<name>_samples`/`count` and `<name>`/`<unit>`, with the name made
+///   safe by [`sample_type_name`] (`page_faults_samples`, `page_faults`/`count`).
+///
+/// No two events get the same type: a clash gets a numeric suffix.
+pub fn sample_types(events: &[EventProfile]) -> Vec<SampleTypes> {
+    let cpu = cpu_event(events);
+    let mut taken: Vec<String> = Vec::new();
+    let mut types = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let (mut samples, mut value) = if Some(index) == cpu {
+            (SAMPLES_TYPE.to_owned(), CPU_TYPE.to_owned())
+        } else {
+            let value = sample_type_name(&event.name);
+            (format!("{value}_samples"), value)
+        };
+        let mut suffix = 1;
+        while taken.contains(&samples) || taken.contains(&value) {
+            suffix += 1;
+            let base = sample_type_name(&event.name);
+            value = format!("{base}_{suffix}");
+            samples = format!("{value}_samples");
+        }
+        taken.push(samples.clone());
+        taken.push(value.clone());
+        types.push(SampleTypes {
+            samples,
+            value,
+            unit: unit_name(event.unit),
+        });
+    }
+    types
+}
+
+/// The event of `profile` that `name` means: the event of that name, else the one whose
+/// pprof sample type `name` is or would be (`page-faults` and `page_faults` both find an
+/// event read as `page_faults`; `cpu-clock` finds Go's `cpu`). This is how `prof report`,
+/// `diff` and `--ratio` take the perf names users type for profiles of any program.
+pub fn find_event(profile: &Profile, name: &str) -> Option<usize> {
+    if let Some(index) = profile.event_index(name) {
+        return Some(index);
+    }
+    let types = sample_types(&profile.events);
+    let wanted = sample_type_name(name);
+    profile
+        .events
+        .iter()
+        .enumerate()
+        .position(|(index, event)| {
+            // A `cpu` event of a file that does not say which perf event it was (Go's, or
+            // another profiler's) is what a CPU-time name means.
+            let cpu_of_unknown_origin = event.name == CPU_TYPE
+                && if event.unit == Unit::Nanoseconds {
+                    is_cpu_time(name)
+                } else {
+                    is_cycles(name)
+                };
+            sample_type_name(&event.name) == wanted
+                || types[index].value == wanted
+                || cpu_of_unknown_origin
+        })
+}
+
+/// Checks `message` against the rules real backends apply before they accept a profile:
+/// Pyroscope's ingester (`pkg/validation`: string 0 empty, string indices in range, location
+/// and function ids non-zero, one value per sample type, no sample type containing `-`), Go's
+/// `profile.CheckValid` (ids unique, references to mappings and functions that exist), plus
+/// no `:` (Pyroscope's profile type ids are `name:type:unit:period_type:period_unit`) and no
+/// `/` (`go tool pprof` saves fetched profiles under a name made of the sample type). Returns
+/// every rule broken; prof's tests apply it to every profile prof writes.
+pub fn backend_rule_violations(message: &proto::Profile) -> Vec<String> {
+    let mut broken = Vec::new();
+    let strings = &message.string_table;
+    let text = |index: i64| usize::try_from(index).ok().and_then(|i| strings.get(i));
+    if strings.first().is_none_or(|s| !s.is_empty()) {
+        broken.push("string 0 is not the empty string".to_owned());
+    }
+    if message.sample_type.is_empty() {
+        broken.push("no sample types".to_owned());
+    }
+    for value_type in message.sample_type.iter().chain(&message.period_type) {
+        match (text(value_type.r#type), text(value_type.unit)) {
+            (Some(name), Some(_)) => {
+                if let Some(bad) = name.chars().find(|c| matches!(c, '-' | ':' | '/')) {
+                    broken.push(format!("sample type `{name}` contains `{bad}`"));
+                }
+            }
+            _ => broken.push("a sample type's string index is out of range".to_owned()),
+        }
+    }
+    let mut ids = |what: &str, ids: &mut dyn Iterator<Item = u64>| {
+        let mut seen = rustc_hash::FxHashSet::default();
+        for id in ids {
+            if id == 0 || !seen.insert(id) {
+                broken.push(format!("{what} id {id} is zero or used twice"));
+            }
+        }
+        seen
+    };
+    let mappings = ids("mapping", &mut message.mapping.iter().map(|m| m.id));
+    let functions = ids("function", &mut message.function.iter().map(|f| f.id));
+    let locations = ids("location", &mut message.location.iter().map(|l| l.id));
+    for mapping in &message.mapping {
+        if text(mapping.filename).is_none() || text(mapping.build_id).is_none() {
+            broken.push(format!("mapping {}: string index out of range", mapping.id));
+        }
+    }
+    for function in &message.function {
+        if [function.name, function.system_name, function.filename]
+            .iter()
+            .any(|&i| text(i).is_none())
+        {
+            broken.push(format!(
+                "function {}: string index out of range",
+                function.id
+            ));
+        }
+    }
+    for location in &message.location {
+        if location.mapping_id != 0 && !mappings.contains(&location.mapping_id) {
+            broken.push(format!(
+                "location {}: no mapping {}",
+                location.id, location.mapping_id
+            ));
+        }
+        for line in &location.line {
+            if !functions.contains(&line.function_id) {
+                broken.push(format!(
+                    "location {}: no function {}",
+                    location.id, line.function_id
+                ));
+            }
+        }
+    }
+    for sample in &message.sample {
+        if sample.value.len() != message.sample_type.len() {
+            broken.push("a sample's values do not match the sample types".to_owned());
+        }
+        if sample.location_id.iter().any(|id| !locations.contains(id)) {
+            broken.push("a sample refers to a location that does not exist".to_owned());
+        }
+        if sample
+            .label
+            .iter()
+            .any(|l| text(l.key).is_none() || text(l.str).is_none())
+        {
+            broken.push("a sample label's string index is out of range".to_owned());
+        }
+    }
+    broken.dedup();
+    broken
+}
+
 /// Writes `profile` as a gzipped pprof file.
 pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
     let mut gzip = GzEncoder::new(out, Compression::default());
@@ -303,28 +546,20 @@ fn apply_losses_comment(comment: &str, events: &mut [EventProfile]) -> bool {
 pub fn encode(profile: &Profile) -> proto::Profile {
     let mut strings = StringTable::new();
     let mut message = proto::Profile::default();
-    for event in &profile.events {
+    let type_names = sample_types(&profile.events);
+    for names in &type_names {
         message.sample_type.push(proto::ValueType {
-            r#type: strings.get(&format!("{}/samples", event.name)),
+            r#type: strings.get(&names.samples),
             unit: strings.get("count"),
         });
         message.sample_type.push(proto::ValueType {
-            r#type: strings.get(&event.name),
-            unit: strings.get(event.unit.as_str()),
+            r#type: strings.get(&names.value),
+            unit: strings.get(names.unit),
         });
     }
 
     // Mappings; kernel locations without one (from folded input) share a synthetic one.
-    let mut mapping_has_lines = vec![false; profile.mappings.len()];
-    for (_, location) in profile.locations.iter() {
-        if let Some(mapping) = location.mapping
-            && !location.lines.is_empty()
-        {
-            mapping_has_lines[mapping as usize] = true;
-        }
-    }
     for (id, mapping) in profile.mappings.iter() {
-        let has_lines = mapping_has_lines[id as usize];
         message.mapping.push(proto::Mapping {
             id: u64::from(id) + 1,
             memory_start: mapping.start,
@@ -332,10 +567,10 @@ pub fn encode(profile: &Profile) -> proto::Profile {
             file_offset: mapping.offset,
             filename: strings.get(&mapping.file),
             build_id: mapping.build_id.as_deref().map_or(0, |id| strings.get(id)),
-            has_functions: has_lines,
-            has_filenames: has_lines,
-            has_line_numbers: has_lines,
-            has_inline_frames: has_lines,
+            has_functions: mapping.has_functions,
+            has_filenames: mapping.has_lines,
+            has_line_numbers: mapping.has_lines,
+            has_inline_frames: mapping.has_lines,
         });
     }
     let mut kernel_mapping = None;
@@ -448,14 +683,17 @@ pub fn encode(profile: &Profile) -> proto::Profile {
         });
     }
 
-    if let Some(first) = profile.events.first() {
-        let total = first.total();
+    // The period type is the CPU event's (`cpu`/`nanoseconds`, as Pyroscope's CPU series
+    // and Alloy's profiles have it), else the first event's.
+    if let Some(main) = cpu_event(&profile.events).or((!profile.events.is_empty()).then_some(0)) {
+        let total = profile.events[main].total();
+        let names = &type_names[main];
         message.period_type = Some(proto::ValueType {
-            r#type: strings.get(&first.name),
-            unit: strings.get(first.unit.as_str()),
+            r#type: strings.get(&names.value),
+            unit: strings.get(names.unit),
         });
         message.period = saturate(total.period / total.samples.max(1));
-        message.default_sample_type = strings.get(&first.name);
+        message.default_sample_type = strings.get(&names.value);
     }
     message.time_nanos = profile
         .start
@@ -463,6 +701,11 @@ pub fn encode(profile: &Profile) -> proto::Profile {
         .map_or(0, |since| saturate(since.as_nanos() as u64));
     message.duration_nanos = saturate(profile.duration.as_nanos() as u64);
     let mut comments: Vec<String> = profile.comments.clone();
+    for (event, names) in profile.events.iter().zip(&type_names) {
+        if event.name != names.value {
+            comments.push(format!("{EVENT_COMMENT}{}={}", names.value, event.name));
+        }
+    }
     comments.extend(profile.events.iter().map(losses_comment));
     if profile.forks_untracked > 0 {
         comments.push(format!("prof forks_untracked={}", profile.forks_untracked));
@@ -501,8 +744,9 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
         return Err(PprofError::Invalid("string 0 must be empty".into()));
     }
 
-    // Sample types → events: `X/samples` pairs with `X`; a lone `samples` type gives the
-    // sample counts of every other type (Go's CPU profiles); other types stand alone.
+    // Sample types → events: `X_samples` (prof's) or `X/samples` (prof's before) pairs with
+    // `X`; a lone `samples` type gives the sample counts of every other type (Go's CPU
+    // profiles, and prof's CPU event); other types stand alone.
     let mut types = Vec::with_capacity(message.sample_type.len());
     for value_type in &message.sample_type {
         types.push((
@@ -510,25 +754,47 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
             string(value_type.unit, "a sample type's unit")?,
         ));
     }
+    let counts_samples_of = |index: usize| -> Option<&str> {
+        let (name, unit) = types[index];
+        if unit != "count" {
+            return None;
+        }
+        let base = name
+            .strip_suffix("_samples")
+            .or_else(|| name.strip_suffix("/samples"))?;
+        types.iter().any(|(t, _)| *t == base).then_some(base)
+    };
     let samples_of = |name: &str| {
-        let wanted = format!("{name}/samples");
-        types.iter().position(|(t, _)| *t == wanted)
+        types
+            .iter()
+            .enumerate()
+            .position(|(index, _)| counts_samples_of(index) == Some(name))
     };
     let plain_samples = types
         .iter()
-        .position(|(t, u)| *t == "samples" && *u == "count")
+        .position(|(t, u)| *t == SAMPLES_TYPE && *u == "count")
         .filter(|_| types.len() > 1);
+    // The perf names prof wrote down for its events.
+    let renames: HashMap<&str, &str> = message
+        .comment
+        .iter()
+        .filter_map(|&index| string(index, "a comment").ok())
+        .filter_map(|comment| comment.strip_prefix(EVENT_COMMENT)?.split_once('='))
+        .collect();
     let mut events = Vec::new();
     let mut columns: Vec<(usize, Option<usize>)> = Vec::new();
     for (index, (name, unit)) in types.iter().enumerate() {
-        if Some(index) == plain_samples || name.ends_with("/samples") && *unit == "count" {
-            let base = name.strip_suffix("/samples").unwrap_or(name);
-            if types.iter().any(|(t, _)| t == &base) || Some(index) == plain_samples {
-                continue;
-            }
+        if Some(index) == plain_samples || counts_samples_of(index).is_some() {
+            continue;
         }
         columns.push((index, samples_of(name).or(plain_samples)));
-        events.push(EventProfile::new((*name).to_owned(), Unit::from_name(unit)));
+        let name = renames.get(name).copied().unwrap_or(name);
+        let mut unit = Unit::from_name(unit);
+        // prof writes a perf event's occurrences as a `count`.
+        if unit == Unit::Count && crate::events::Event::parse(name).is_ok() {
+            unit = Unit::Events;
+        }
+        events.push(EventProfile::new(name.to_owned(), unit));
     }
 
     let mut profile = Profile {
@@ -549,6 +815,8 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
             start: mapping.memory_start,
             limit: mapping.memory_limit,
             offset: mapping.file_offset,
+            has_functions: mapping.has_functions,
+            has_lines: mapping.has_line_numbers,
         });
         if mapping.id == 0 || mapping_ids.insert(mapping.id, id).is_some() {
             return Err(PprofError::Invalid(format!(
@@ -677,6 +945,9 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
     profile.duration = Duration::from_nanos(u64::try_from(message.duration_nanos).unwrap_or(0));
     for &index in &message.comment {
         let comment = string(index, "a comment")?;
+        if comment.starts_with(EVENT_COMMENT) {
+            continue;
+        }
         if apply_losses_comment(comment, &mut profile.events) {
             continue;
         }
@@ -713,6 +984,8 @@ mod tests {
             start: 0x1000,
             limit: 0x9000,
             offset: 0,
+            has_functions: true,
+            has_lines: true,
         });
         let line = |f: &str, l| Line {
             function: f.into(),
@@ -793,6 +1066,84 @@ mod tests {
         assert_eq!(back.events[0].losses.unwind.get(UnwindStop::Unreadable), 6);
         assert_eq!(back.events[0].unknown.get(&UnknownReason::Vdso), Some(&2));
         assert!(back.comments.is_empty(), "{:?}", back.comments);
+    }
+
+    /// The sample types of prof's profiles: `samples`/`count` and `cpu`/`nanoseconds` for
+    /// cpu-clock (the period type too), `page_faults_samples`/`count` and
+    /// `page_faults`/`count` beside it, none with `-`, `/` or `:`; the file passes the
+    /// backends' rules and reads back under the perf names, with every mapping marked
+    /// symbolized.
+    #[test]
+    fn sample_types_backends_accept() {
+        let profile = sample_profile();
+        let message = encode(&profile);
+        let text = |i: i64| message.text(i);
+        assert_eq!(
+            message.sample_type_names(),
+            [
+                ("samples", "count"),
+                ("cpu", "nanoseconds"),
+                ("page_faults_samples", "count"),
+                ("page_faults", "count")
+            ]
+        );
+        let period = message.period_type.unwrap();
+        assert_eq!(
+            (text(period.r#type), text(period.unit)),
+            ("cpu", "nanoseconds")
+        );
+        assert_eq!(text(message.default_sample_type), "cpu");
+        assert_eq!(backend_rule_violations(&message), Vec::<String>::new());
+        assert!(message.mapping.iter().all(|m| m.has_functions));
+        let back = decode(&message).unwrap();
+        let names: Vec<&str> = back.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["cpu-clock", "page-faults"]);
+        assert_eq!(back.events[1].unit, Unit::Events);
+        assert!(back.comments.is_empty(), "{:?}", back.comments);
+        // Modifiers, a second clock and cache events get names of their own.
+        let events: Vec<EventProfile> = ["cpu-clock:u", "task-clock", "L1-dcache-load-misses"]
+            .iter()
+            .map(|name| EventProfile::new((*name).into(), Unit::Nanoseconds))
+            .collect();
+        let values: Vec<String> = sample_types(&events).into_iter().map(|t| t.value).collect();
+        assert_eq!(values, ["cpu", "task_clock", "L1_dcache_load_misses"]);
+    }
+
+    /// The rules catch what Pyroscope and Go refuse: a `-` or `/` in a sample type, a zero
+    /// location id, a sample with too few values.
+    #[test]
+    fn backend_rules_catch_violations() {
+        let mut message = encode(&sample_profile());
+        message.string_table.push("cpu-clock/samples".into());
+        message.sample_type[0].r#type = message.string_table.len() as i64 - 1;
+        message.location[0].id = 0;
+        message.sample[0].value.pop();
+        let broken = backend_rule_violations(&message).join("\n");
+        assert!(broken.contains("contains `-`"), "{broken}");
+        assert!(broken.contains("location id 0"), "{broken}");
+        assert!(broken.contains("values do not match"), "{broken}");
+    }
+
+    /// Files prof wrote before Pyroscope-style names (`cpu-clock/samples`, `cpu-clock`) read
+    /// as before, and the names users type find events of any file.
+    #[test]
+    fn reads_old_names_and_finds_events() {
+        let old: &[u8] = include_bytes!("../../tests/golden/spin_faults.pb.gz");
+        let profile = decode_bytes(old).unwrap();
+        let names: Vec<&str> = profile.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["cpu-clock", "page-faults"]);
+        assert!(profile.events[1].total().samples > 0);
+        assert_eq!(find_event(&profile, "page_faults"), Some(1));
+        let go = Profile {
+            events: vec![
+                EventProfile::new("cpu".into(), Unit::Nanoseconds),
+                EventProfile::new("page_faults".into(), Unit::Count),
+            ],
+            ..Profile::default()
+        };
+        assert_eq!(find_event(&go, "cpu-clock"), Some(0));
+        assert_eq!(find_event(&go, "page-faults"), Some(1));
+        assert_eq!(find_event(&go, "context-switches"), None);
     }
 
     /// Go's CPU profiles (`samples/count`, `cpu/nanoseconds`) read as one `cpu` event.

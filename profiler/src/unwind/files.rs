@@ -1,9 +1,9 @@
 //! Finding the files a process maps, naming them so each is compiled once, and the
 //! libraries a command will load before it runs.
 //!
-//! In: a process's mapping (path, address range, build id from the side band), or a program
-//! path. Out: an open [`MappedFile`] with its [`FileKey`]s, or the list of files a program
-//! loads at start-up.
+//! In: a path to read a mapped file from (see [`crate::binaries::Locator`], which finds it
+//! for a container's process too), or a program path. Out: an open [`MappedFile`] with its
+//! [`FileKey`]s, or the list of files a program loads at start-up.
 //!
 //! A file is known by its GNU build id when it has one (the same library in two containers
 //! is one table), and otherwise by device, inode, size and modification time.
@@ -92,24 +92,6 @@ pub fn open(path: &Path, name: &Path) -> io::Result<MappedFile> {
             mtime: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         },
     })
-}
-
-/// Opens the file mapped at `start..end` in process `tgid`, as the process sees it:
-/// through `/proc/<tgid>/map_files/`, which works across mount namespaces and for deleted
-/// files, then through the process's root, then by the path itself.
-pub fn open_mapped(tgid: u32, start: u64, end: u64, path: &Path) -> io::Result<MappedFile> {
-    let map_file = PathBuf::from(format!("/proc/{tgid}/map_files/{start:x}-{end:x}"));
-    if let Ok(file) = open(&map_file, path) {
-        return Ok(file);
-    }
-    let under_root = Path::new("/proc")
-        .join(tgid.to_string())
-        .join("root")
-        .join(path.strip_prefix("/").unwrap_or(path));
-    if let Ok(file) = open(&under_root, path) {
-        return Ok(file);
-    }
-    open(path, path)
 }
 
 /// The vDSO image of this process, which is that of every 64-bit process on this kernel.

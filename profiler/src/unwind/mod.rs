@@ -251,7 +251,7 @@ impl Worker {
                     Ok(Control::Stop) | Err(_) => return Ok(()),
                 },
                 default(timeout) => {
-                    if let Some(pending) = self.processes.pending.pop_front() {
+                    if let Some(pending) = self.processes.pending.pop() {
                         self.build(pending)?;
                     }
                 }
@@ -312,6 +312,7 @@ impl Worker {
             let Ok(layout) = table::inspect(&opened.bytes) else {
                 continue;
             };
+            let cost = layout.cfi_bytes;
             let build_id = layout
                 .build_id
                 .as_deref()
@@ -335,6 +336,7 @@ impl Worker {
             self.build(Pending {
                 file,
                 bytes: opened,
+                cost,
             })?;
         }
         Ok(())

@@ -5,8 +5,9 @@
 //! `unwind_procs` entry per live process of interest, rewritten when its mappings change
 //! and removed when it exits or execs, and the files whose tables are still to be built.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
+use crate::binaries::Locator;
 use crate::bpf::BpfError;
 use crate::bpf::abi::{UNWIND_MAX_MAPPINGS, UNWIND_NO_FILE, UnwindMapping, UnwindProc};
 use crate::procs::{Backing, Mapping, ProcessEvent, ProcessTable, TimedEvent};
@@ -40,6 +41,33 @@ pub struct Pending {
     pub file: FileRef,
     /// Its contents.
     pub bytes: MappedFile,
+    /// Bytes of call frame information, so that small files (most programs, most
+    /// libraries) are built before a compiler's 100 MB library holds them all up.
+    pub cost: u64,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Pending) -> bool {
+        self.cost == other.cost && self.file == other.file
+    }
+}
+
+impl Eq for Pending {}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Pending) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pending {
+    /// The cheapest file is the greatest, for a max-heap to pop first.
+    fn cmp(&self, other: &Pending) -> std::cmp::Ordering {
+        other
+            .cost
+            .cmp(&self.cost)
+            .then(other.file.slot.cmp(&self.file.slot))
+    }
 }
 
 /// What resolving mappings found.
@@ -67,8 +95,10 @@ pub struct ProcessMappings {
     interest: Interest,
     /// By process, its mappings' resolutions, keyed by (start, end, file offset).
     resolved: HashMap<u32, HashMap<(u64, u64, u64), Resolved>>,
-    /// Files to build, oldest first.
-    pub pending: VecDeque<Pending>,
+    /// Files to build, cheapest first.
+    pub pending: BinaryHeap<Pending>,
+    /// Where a process's files can be read from here (containers, deleted files).
+    locator: Locator,
     stats: MappingStats,
 }
 
@@ -79,7 +109,8 @@ impl ProcessMappings {
             table: ProcessTable::default(),
             interest,
             resolved: HashMap::new(),
-            pending: VecDeque::new(),
+            pending: BinaryHeap::new(),
+            locator: Locator::default(),
             stats: MappingStats::default(),
         }
     }
@@ -209,6 +240,7 @@ impl ProcessMappings {
             }
             if self.table.get(tgid).is_none_or(|p| p.exited) {
                 self.table.retain(|t, _| t != tgid);
+                self.locator.forget(tgid);
             }
             return Ok(());
         }
@@ -247,7 +279,11 @@ impl ProcessMappings {
                 {
                     return Ok(place(store, file).unwrap_or(Resolved::NoFile));
                 }
-                files::open_mapped(tgid, mapping.start, mapping.end, path)
+                let process = self.table.get(tgid).cloned().unwrap_or_default();
+                match self.locator.locate(tgid, &process, mapping) {
+                    Ok(readable) => files::open(&readable, path),
+                    Err(reason) => Err(std::io::Error::other(reason.describe())),
+                }
             }
         };
         let Ok(opened) = opened else {
@@ -274,13 +310,15 @@ impl ProcessMappings {
         let keys = std::iter::once(opened.inode.clone())
             .chain(build_id)
             .collect();
+        let cost = layout.cfi_bytes;
         let Some(file) = store.add_pending(keys, layout)? else {
             return Ok(Resolved::NoFile);
         };
         let resolved = place(store, file).unwrap_or(Resolved::NoFile);
-        self.pending.push_back(Pending {
+        self.pending.push(Pending {
             file,
             bytes: opened,
+            cost,
         });
         Ok(resolved)
     }

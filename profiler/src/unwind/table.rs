@@ -80,6 +80,9 @@ pub struct Layout {
     pub segments: Vec<Segment>,
     /// The GNU build id, if the file has one.
     pub build_id: Option<Vec<u8>>,
+    /// Bytes of call frame information (`.eh_frame`, else `.debug_frame`): what building the
+    /// table costs, roughly.
+    pub cfi_bytes: u64,
 }
 
 /// One file's unwind table.
@@ -125,10 +128,15 @@ fn layout(file: &object::File<'_>) -> Result<Layout, TableError> {
             }
         })
         .collect();
+    let size = |name: &str| file.section_by_name(name).map_or(0, |s| s.size());
     Ok(Layout {
         base: segments.iter().map(|s| s.address).min().unwrap_or(0),
         segments,
         build_id: file.build_id().ok().flatten().map(<[u8]>::to_vec),
+        cfi_bytes: match size(".eh_frame") {
+            0 => size(".debug_frame"),
+            bytes => bytes,
+        },
     })
 }
 
@@ -645,6 +653,7 @@ mod tests {
                 address: 0x2040,
             }],
             build_id: None,
+            cfi_bytes: 0,
         };
         // Mapped at 0x7f00_0000_0000 from file offset 0x1000: vaddr 0x2000 is there.
         let bias = file.bias(0x7f00_0000_0000, 0x1000).unwrap();

@@ -237,13 +237,14 @@ fn extra<'a>(labels: &'a prof::profile::Labels, key: &str) -> Option<&'a str> {
         .map(|(_, v)| &**v)
 }
 
-/// The one window the agent wrote into `dir`, decoded.
+/// The one window the agent wrote into `dir`, checked against the backends' rules, decoded.
 fn only_window(dir: &Path) -> Profile {
     let files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(files.len(), 1, "one window written: {files:?}");
+    crate::assert_backends_accept(&files[0]);
     pprof::decode_bytes(&std::fs::read(&files[0]).unwrap()).unwrap()
 }
 
@@ -280,6 +281,83 @@ fn go_tool_pprof_reads_the_profile_endpoint() {
     assert!(raw.contains("forever_hot"), "forever_hot in:\n{raw}");
     assert!(raw.contains("comm:[forever]"), "the comm label in:\n{raw}");
     assert_eq!(agent.metric("prof_agent_profile_requests_total"), 1.0);
+    let (status, log) = agent.terminate();
+    assert!(status.success(), "{log}");
+}
+
+/// The agent unwinds a running program built without frame pointers with its tables: the
+/// comparison callback sits under libc's qsort, under main, in ≥ 95% of its samples, and
+/// `/metrics` shows the tables it loaded.
+#[test]
+fn agent_unwinds_code_without_frame_pointers() {
+    let _serial = serial();
+    let busy = spawn(&workload("qsort_nofp"), &["60"]);
+    let pid = busy.id();
+    let agent = Agent::start(&["-F", "199", "--window", "2"]);
+    // The first capture may begin before the tables of a program already running are
+    // built; the second one is taken with them in place.
+    let (status, _) = agent.get("/debug/pprof/profile?seconds=1");
+    assert_eq!(status, 200, "{}", agent.log());
+    let (status, body) = agent.get("/debug/pprof/profile?seconds=3");
+    assert_eq!(status, 200, "{}", agent.log());
+    let profile = pprof::decode_bytes(&body).unwrap();
+    let mut ours = 0;
+    let mut whole = 0;
+    let mut seen = Vec::new();
+    for (stack, value) in &profile.events[0].stacks {
+        if profile.labels.get(stack.labels).pid != Some(pid) {
+            continue;
+        }
+        let names = profile.frame_names(stack, false);
+        let at = |name: &str| names.iter().position(|n| n == name);
+        ours += value.samples;
+        if seen.len() < 10 {
+            seen.push(names.join(";"));
+        }
+        if let (Some(main), Some(qsort), Some(callback)) = (
+            at("main"),
+            names.iter().position(|n| n.contains("qsort_r")),
+            at("compare_keys"),
+        ) && main < qsort
+            && qsort < callback
+        {
+            whole += value.samples;
+        }
+    }
+    stop(busy);
+    assert!(
+        ours > 50,
+        "{ours} samples of the workload; log:\n{}",
+        agent.log()
+    );
+    let in_callback = whole as f64 / ours as f64;
+    assert!(
+        in_callback >= 0.6,
+        "{:.0}% of the workload's samples are main → qsort → compare_keys, e.g.\n{}",
+        in_callback * 100.0,
+        seen.join("\n")
+    );
+    let reached_main = profile.events[0]
+        .stacks
+        .iter()
+        .filter(|(stack, _)| profile.labels.get(stack.labels).pid == Some(pid))
+        .filter(|(stack, _)| {
+            profile
+                .frame_names(stack, false)
+                .iter()
+                .any(|n| n == "main")
+        })
+        .map(|(_, value)| value.samples)
+        .sum::<u64>();
+    assert!(
+        reached_main as f64 >= 0.95 * ours as f64,
+        "{reached_main} of {ours} samples reach main"
+    );
+    agent.wait_for("a window", Duration::from_secs(30), |a| {
+        a.metric("prof_agent_windows_total") >= 1.0
+    });
+    // The workload's executable, libc and the dynamic linker at least.
+    assert!(agent.metric("prof_agent_unwind_table_files") >= 3.0);
     let (status, log) = agent.terminate();
     assert!(status.success(), "{log}");
 }
@@ -468,6 +546,7 @@ fn flushes_the_current_window_on(signal: Signal) {
         1,
         "the flushed window is pushed before the exit"
     );
+    crate::assert_backends_accept_bytes(&pushed[0].body, "the pushed window");
     let pushed = pprof::decode_bytes(&pushed[0].body).unwrap();
     assert!(samples_in(&pushed, "forever_hot").0 > 0);
     ingest.stop();

@@ -1,7 +1,7 @@
 //! A stand-in for Pyroscope's `POST /ingest`, over plain HTTP or HTTPS (with a CA the test
 //! generates): it keeps every request (URL, headers, body) and answers 200 to a POST to
-//! `/ingest`, 404 to anything else, and 401 when it requires credentials that the request
-//! does not carry.
+//! `/ingest`, a fixed body to a GET of a path it was given, 404 to anything else, and 401
+//! when it requires credentials that the request does not carry.
 
 use std::convert::Infallible;
 use std::net::TcpListener;
@@ -80,6 +80,9 @@ impl Received {
     }
 }
 
+/// Fixed answers to GET requests: a path and the body it is answered with.
+type Files = Vec<(String, Vec<u8>)>;
+
 /// The running receiver.
 pub struct Ingest {
     port: u16,
@@ -91,7 +94,13 @@ pub struct Ingest {
 impl Ingest {
     /// Listens on 127.0.0.1:`port` (0: any free port), over plain HTTP.
     pub fn start(port: u16) -> Ingest {
-        Ingest::start_with(port, None, None)
+        Ingest::start_with(port, None, None, Files::new())
+    }
+
+    /// Listens on any free port over plain HTTP, and also answers a GET of each path in
+    /// `files` with its body.
+    pub fn serving(files: Files) -> Ingest {
+        Ingest::start_with(0, None, None, files)
     }
 
     /// Listens over HTTPS with `ca`'s server certificate, and answers 401 to requests
@@ -101,10 +110,16 @@ impl Ingest {
             0,
             Some(TlsAcceptor::from(Arc::clone(&ca.server))),
             Some(authorization.to_owned()),
+            Files::new(),
         )
     }
 
-    fn start_with(port: u16, tls: Option<TlsAcceptor>, authorization: Option<String>) -> Ingest {
+    fn start_with(
+        port: u16,
+        tls: Option<TlsAcceptor>,
+        authorization: Option<String>,
+        files: Files,
+    ) -> Ingest {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -116,7 +131,7 @@ impl Ingest {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(serve(listener, kept, stopped, tls, authorization));
+            runtime.block_on(serve(listener, kept, stopped, tls, authorization, files));
             // Dropping the runtime drops every connection: the port is closed.
         });
         Ingest {
@@ -167,8 +182,10 @@ async fn serve(
     mut stopped: oneshot::Receiver<()>,
     tls: Option<TlsAcceptor>,
     authorization: Option<String>,
+    files: Files,
 ) {
     let authorization = Arc::new(authorization);
+    let files = Arc::new(files);
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     loop {
         let stream = tokio::select! {
@@ -177,11 +194,13 @@ async fn serve(
         };
         let received = Arc::clone(&received);
         let authorization = Arc::clone(&authorization);
+        let files = Arc::clone(&files);
         let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let received = Arc::clone(&received);
                 let authorization = Arc::clone(&authorization);
+                let files = Arc::clone(&files);
                 async move {
                     let authorized = authorization.as_deref().is_none_or(|expected| {
                         request
@@ -191,6 +210,10 @@ async fn serve(
                     });
                     let ok = request.method() == hyper::Method::POST
                         && request.uri().path() == "/ingest";
+                    let file = (request.method() == hyper::Method::GET)
+                        .then(|| files.iter().find(|(path, _)| path == request.uri().path()))
+                        .flatten()
+                        .map(|(_, body)| Bytes::from(body.clone()));
                     let url = request.uri().to_string();
                     let headers = request
                         .headers()
@@ -208,7 +231,8 @@ async fn serve(
                         .lock()
                         .unwrap()
                         .push(Received { url, headers, body });
-                    let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                    let ok = ok || file.is_some();
+                    let mut response = hyper::Response::new(Full::new(file.unwrap_or_default()));
                     *response.status_mut() = match (authorized, ok) {
                         (false, _) => hyper::StatusCode::UNAUTHORIZED,
                         (true, true) => hyper::StatusCode::OK,

@@ -13,6 +13,7 @@ mod bad_input;
 mod ingest;
 mod record;
 mod report;
+mod symbols;
 mod unwind;
 
 use std::collections::HashMap;
@@ -203,4 +204,54 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// Asserts that the pprof file at `path` is one that real backends accept: it breaks none
+/// of the rules of Pyroscope's ingester and Go's `profile.CheckValid` (see
+/// `prof::export::pprof::backend_rule_violations`), a CPU-time event is `cpu`/`nanoseconds`
+/// (also the period type) with its sample count `samples`/`count`, as in Go's CPU profiles,
+/// and every mapping says it was symbolized, so `go tool pprof` never asks a server for
+/// symbols. Returns the decoded message.
+pub fn assert_backends_accept(path: &Path) -> prof::export::pprof::proto::Profile {
+    let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    assert_backends_accept_bytes(&bytes, &path.display().to_string())
+}
+
+/// [`assert_backends_accept`] for a gzipped pprof file's bytes; `what` names it.
+pub fn assert_backends_accept_bytes(
+    bytes: &[u8],
+    what: &str,
+) -> prof::export::pprof::proto::Profile {
+    let message = decode_pprof(bytes);
+    let broken = prof::export::pprof::backend_rule_violations(&message);
+    assert!(broken.is_empty(), "{what}: {broken:?}");
+    let types = message.sample_type_names();
+    let clock = message.comment.iter().any(|&i| {
+        let comment = message.text(i);
+        comment.starts_with("prof event cpu=cpu-clock")
+            || comment.starts_with("prof event cpu=task-clock")
+    });
+    if clock {
+        assert!(types.contains(&("cpu", "nanoseconds")), "{types:?}");
+        assert!(types.contains(&("samples", "count")), "{types:?}");
+        let period = message.period_type.expect("a period type");
+        assert_eq!(
+            (message.text(period.r#type), message.text(period.unit)),
+            ("cpu", "nanoseconds")
+        );
+    }
+    for mapping in &message.mapping {
+        let file = message.text(mapping.filename);
+        assert!(mapping.has_functions, "{file}: {mapping:?}");
+    }
+    message
+}
+
+/// The pprof message in `bytes`, a gzipped pprof file as prof writes them.
+pub fn decode_pprof(bytes: &[u8]) -> prof::export::pprof::proto::Profile {
+    use prost::Message;
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut raw)
+        .expect("prof writes gzipped pprof");
+    prof::export::pprof::proto::Profile::decode(raw.as_slice()).unwrap()
 }

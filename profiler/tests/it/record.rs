@@ -24,6 +24,70 @@ pub fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// A `prof record` running in the background, its stderr collected.
+pub struct Recording {
+    child: Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Recording {
+    /// Starts `prof record <args>` and returns once it samples (its "sampling started" debug
+    /// line), so that what the test does next is recorded however long start-up took.
+    pub fn start(args: &[&std::ffi::OsStr]) -> Recording {
+        let mut child = prof()
+            .arg("record")
+            .args(args)
+            .env("RUST_LOG", "prof=debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut recording = Recording {
+            child,
+            stderr: receiver,
+            lines: Vec::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !recording
+            .lines
+            .iter()
+            .any(|l| l.contains("sampling started"))
+        {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match recording.stderr.recv_timeout(left) {
+                Ok(line) => recording.lines.push(line),
+                Err(_) => panic!(
+                    "prof record did not start sampling:\n{}",
+                    recording.lines.join("\n")
+                ),
+            }
+        }
+        recording
+    }
+
+    /// The child, to signal it.
+    pub fn child(&self) -> &Child {
+        &self.child
+    }
+
+    /// Waits for prof to exit; its status and all it wrote to stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        self.lines.extend(self.stderr.iter());
+        (status, self.lines.join("\n"))
+    }
+}
+
 /// Runs `prof record -e <events> <flags> -o <output>... [-- <command>]` to completion and
 /// asserts that it succeeded.
 pub fn record_ok(events: &str, outputs: &[&Path], flags: &[&str], command: &[OsString]) -> Output {
@@ -229,17 +293,19 @@ fn process_exiting_during_all_cpus_is_symbolized() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("exited.folded");
-    let recording = prof()
-        .args(["record", "-a", "-e", "cpu-clock", "-d", "2", "-o"])
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sleep(Duration::from_millis(700));
+    let recording = Recording::start(&[
+        "-a".as_ref(),
+        "-e".as_ref(),
+        "cpu-clock".as_ref(),
+        "-d".as_ref(),
+        "2".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
     let status = Command::new(workload("short_lived")).status().unwrap();
     assert!(status.success());
-    let output = recording.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", describe(&output));
+    let (status, stderr) = recording.finish();
+    assert!(status.success(), "{stderr}");
     let stacks = read_folded(&out);
     let ours = |f: &[String]| f[0] == "short_lived";
     let named = |f: &[String]| has_frame(f, "short_lived_hot");
@@ -301,21 +367,22 @@ fn sigint_writes_the_profile() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("int.folded");
     let busy = start(&workload("forever"), &["20"], Duration::ZERO);
-    let recording = prof()
-        .args(["record", "-a", "-e", "cpu-clock", "-o"])
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sleep(Duration::from_millis(1500));
-    signal(&recording, rustix::process::Signal::INT);
-    let output = recording.wait_with_output().unwrap();
+    let recording = Recording::start(&[
+        "-a".as_ref(),
+        "-e".as_ref(),
+        "cpu-clock".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    sleep(Duration::from_millis(1000));
+    signal(recording.child(), rustix::process::Signal::INT);
+    let (status, stderr) = recording.finish();
     stop(busy);
-    assert!(output.status.success(), "{}", describe(&output));
+    assert!(status.success(), "{stderr}");
     let stacks = read_folded(&out);
     assert!(
         weight(&stacks, |f| has_frame(f, "forever_hot")) > 0,
-        "{stacks:?}"
+        "{stacks:?}\n{stderr}"
     );
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::record::record_ok;
-use crate::{describe, prof, read_folded, serial, workload};
+use crate::{assert_backends_accept, describe, prof, read_folded, serial, workload};
 
 /// `go`, which the tests need for `go tool pprof`, the reference pprof reader, and to write
 /// a Go program's profile. scripts/test.sh installs it (Debian's golang-go).
@@ -82,13 +82,26 @@ fn go_tool_pprof_reads_recorded_profiles() {
             &[binary.clone().into_os_string()],
         );
     }
-    let faults = go_pprof(&["-top", "-sample_index=page-faults"], &pb);
+    let message = assert_backends_accept(&pb);
+    assert!(
+        message.mapping.iter().any(|m| m.has_line_numbers),
+        "DWARF lines for the workload: {:?}",
+        message.mapping
+    );
+    let faults = go_pprof(&["-top", "-sample_index=page_faults"], &pb);
     assert_eq!(top_function(&faults), "touch_pages", "{faults}");
-    let clock = go_pprof(&["-top", "-sample_index=cpu-clock"], &pb);
+    let clock = go_pprof(&["-top", "-sample_index=cpu"], &pb);
     assert_eq!(top_function(&clock), "spin", "{clock}");
-    assert!(clock.contains("Type: cpu-clock"), "{clock}");
-    let samples = go_pprof(&["-top", "-sample_index=cpu-clock/samples"], &pb);
+    assert!(clock.contains("Type: cpu"), "{clock}");
+    let samples = go_pprof(&["-top", "-sample_index=samples"], &pb);
     assert_eq!(top_function(&samples), "spin", "{samples}");
+    let samples = go_pprof(&["-top", "-sample_index=page_faults_samples"], &pb);
+    assert_eq!(top_function(&samples), "touch_pages", "{samples}");
+    // go tool pprof can save it again (as it saves every profile it fetches), and the
+    // copy still passes.
+    let saved = dir.path().join("saved.pb.gz");
+    go_pprof(&["-proto", "-output", path(&saved)], &pb);
+    assert_backends_accept(&saved);
 
     let raw = go_pprof(&["-raw"], &pb);
     assert!(raw.contains("pid:["), "pid labels: {raw}");

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Counting one sample, for any program type: take the stacks the cookie asks for, store each
- * by the hash of its frames, and add the sample and its period to counts[(tgid, event,
- * stacks)].
+ * by the hash of its frames (take_stacks), and add the sample and its period to counts[(tgid,
+ * event, stacks)] (add_sample). count_sample does both at once; the off-CPU program takes the
+ * stacks when a thread blocks and adds the time it was blocked when it runs again.
  */
 #ifndef PROF_COUNT_H
 #define PROF_COUNT_H
@@ -135,52 +136,59 @@ static __always_inline int no_frames(__u64 id)
 }
 
 /*
- * Counts one sample of `event` by `tgid`, of weight `period`, into one generation's `counts`
- * and `stacks`. `ctx` is the program's context, which bpf_get_stack takes. `user` holds the
- * user registers when the sample interrupted user code (so there is no kernel stack to take),
- * and is NULL when it interrupted the kernel.
+ * Takes the stacks `cookie` asks for into key->user_stack and key->kernel_stack, storing each
+ * in one generation's `stacks`, for the process and event of `key`. `ctx` is the program's
+ * context, which bpf_get_stack takes. `user` holds the user registers when the sample
+ * interrupted user code (so there is no kernel stack to take), and is NULL when it
+ * interrupted the kernel: tracepoint and off-CPU programs always pass NULL, and the user
+ * stack is walked from the registers the task saved. The off-CPU program takes the stacks at
+ * switch-out and adds the time at switch-in.
  */
-static __always_inline int count_in(void *ctx, __u64 cookie, __u32 event, __u32 tgid,
-				    __u64 period, const struct user_regs *user, void *counts,
-				    void *stacks)
+static __always_inline void take_stacks(void *ctx, __u64 cookie, const struct user_regs *user,
+					void *stacks, struct sample_key *key)
 {
-	struct sample_value *value;
 	struct stack_trace *stack;
 	__u32 zero = 0;
 
+	key->user_stack = PROF_STACK_NOT_TAKEN;
+	key->kernel_stack = PROF_STACK_NOT_TAKEN;
 	stack = bpf_map_lookup_elem(&scratch, &zero);
 	if (!stack)
-		return 0;
-
-	struct sample_key key = {
-		.tgid = tgid,
-		.event = event,
-		.user_stack = PROF_STACK_NOT_TAKEN,
-		.kernel_stack = PROF_STACK_NOT_TAKEN,
-	};
+		return;
 	if (cookie & PROF_COOKIE_USER_STACK)
-		key.user_stack = take_user_stack(ctx, user, event, tgid, stacks, stack);
+		key->user_stack =
+			take_user_stack(ctx, user, key->event, key->tgid, stacks, stack);
 	/* A sample that interrupted user code has no kernel frames: don't ask for them. */
 	if (cookie & PROF_COOKIE_KERNEL_STACK)
-		key.kernel_stack = user ? EFAULT : take_stack(ctx, stacks, stack, 0);
+		key->kernel_stack = user ? EFAULT : take_stack(ctx, stacks, stack, 0);
+}
+
+/*
+ * Adds one sample of weight `period` to counts[key] in one generation's `counts`, and counts
+ * what its stacks lost under key->event.
+ */
+static __always_inline int add_sample(void *counts, const struct sample_key *key, __u64 period)
+{
+	struct sample_value *value;
+	__u32 event = key->event;
 
 	bump(event, PROF_STAT_SAMPLES);
-	if (key.user_stack == E2BIG || key.kernel_stack == E2BIG)
+	if (key->user_stack == E2BIG || key->kernel_stack == E2BIG)
 		bump(event, PROF_STAT_STACK_MAP_FULL);
-	else if (no_frames(key.user_stack) && no_frames(key.kernel_stack))
+	else if (no_frames(key->user_stack) && no_frames(key->kernel_stack))
 		bump(event, PROF_STAT_NO_STACK);
 
-	value = bpf_map_lookup_elem(counts, &key);
+	value = bpf_map_lookup_elem(counts, key);
 	if (!value) {
 		struct sample_value zero = {};
-		long err = bpf_map_update_elem(counts, &key, &zero, BPF_NOEXIST);
+		long err = bpf_map_update_elem(counts, key, &zero, BPF_NOEXIST);
 
 		/* -EEXIST: another CPU inserted the same key first; use theirs. */
 		if (err && err != -EEXIST) {
 			bump(event, PROF_STAT_MAP_FULL);
 			return 0;
 		}
-		value = bpf_map_lookup_elem(counts, &key);
+		value = bpf_map_lookup_elem(counts, key);
 		if (!value)
 			return 0;
 	}
@@ -189,19 +197,42 @@ static __always_inline int count_in(void *ctx, __u64 cookie, __u32 event, __u32 
 	return 0;
 }
 
+/*
+ * Counts one sample of `event` by `tgid`, of weight `period`, into one generation's `counts`
+ * and `stacks` (take_stacks says what `user` is).
+ */
+static __always_inline int count_in(void *ctx, __u64 cookie, __u32 event, __u32 tgid,
+				    __u64 period, const struct user_regs *user, void *counts,
+				    void *stacks)
+{
+	struct sample_key key = {
+		.tgid = tgid,
+		.event = event,
+	};
+
+	take_stacks(ctx, cookie, user, stacks, &key);
+	return add_sample(counts, &key, period);
+}
+
+/* The generation of the counts and stack maps that samples go to now: 0 or 1. */
+static __always_inline __u32 current_generation(void)
+{
+	__u32 zero = 0;
+	__u32 *current = bpf_map_lookup_elem(&generation, &zero);
+
+	return current && *current ? 1 : 0;
+}
+
 /* Counts one sample into the generation that userspace currently has samples go to. */
 static __always_inline int count_sample(void *ctx, __u64 cookie, __u32 tgid, __u64 period,
 					const struct user_regs *user)
 {
 	__u32 event = cookie & PROF_COOKIE_EVENT_MASK;
-	__u32 zero = 0;
-	__u32 *current;
 
 	if (event >= PROF_MAX_EVENTS)
 		return 0;
-	current = bpf_map_lookup_elem(&generation, &zero);
 	/* Two calls rather than one with a chosen map: each call site sees one map. */
-	if (current && *current)
+	if (current_generation())
 		return count_in(ctx, cookie, event, tgid, period, user, &counts_1, &stacks_1);
 	return count_in(ctx, cookie, event, tgid, period, user, &counts_0, &stacks_0);
 }

@@ -6,6 +6,10 @@
  *   on_sample        perf_event   attached to every (CPU, event) sampling event through a BPF
  *                                 perf link whose bpf_cookie says which event fired and which
  *                                 stacks to take (see profile.h)
+ *   on_tracepoint    tracepoint   linked once to each tracepoint event (`-e sched:sched_switch`)
+ *                                 through a BPF perf link with the same kind of cookie
+ *                                 (tracepoint.h)
+ *   on_sched_switch  tracepoint   off-CPU time, linked once to sched:sched_switch (offcpu.h)
  *   on_process_fork  raw_tp       keep the target set current (targets.h)
  *   on_process_exit  raw_tp
  *
@@ -42,6 +46,7 @@ ABI(sample_value_samples, __builtin_offsetof(struct sample_value, samples));
 ABI(sample_value_period, __builtin_offsetof(struct sample_value, period));
 ABI(max_stack_depth, PROF_MAX_STACK_DEPTH);
 ABI(max_events, PROF_MAX_EVENTS);
+ABI(max_cpus, PROF_MAX_CPUS);
 ABI(cookie_event_mask, PROF_COOKIE_EVENT_MASK);
 ABI(cookie_user_stack, PROF_COOKIE_USER_STACK);
 ABI(cookie_kernel_stack, PROF_COOKIE_KERNEL_STACK);
@@ -52,6 +57,12 @@ ABI(stat_count, PROF_STAT_COUNT);
 ABI(stat_stack_map_full, PROF_STAT_STACK_MAP_FULL);
 ABI(stat_no_stack, PROF_STAT_NO_STACK);
 ABI(stat_map_full, PROF_STAT_MAP_FULL);
+ABI(stat_blocks_started, PROF_STAT_BLOCKS_STARTED);
+ABI(stat_blocks_short, PROF_STAT_BLOCKS_SHORT);
+ABI(off_cpu_block_size, sizeof(struct off_cpu_block));
+ABI(off_cpu_block_key, __builtin_offsetof(struct off_cpu_block, key));
+ABI(off_cpu_block_start, __builtin_offsetof(struct off_cpu_block, start));
+ABI(off_cpu_block_generation, __builtin_offsetof(struct off_cpu_block, generation));
 ABI(global_forks_untracked, PROF_GLOBAL_FORKS_UNTRACKED);
 ABI(stat_unwind_not_loaded, PROF_STAT_UNWIND_NOT_LOADED);
 ABI(stat_unwind_no_table, PROF_STAT_UNWIND_NO_TABLE);
@@ -101,6 +112,8 @@ ABI(file_no_cfi, PROF_FILE_NO_CFI);
 #include "targets.h"
 #include "unwind.h"
 #include "count.h"
+#include "tracepoint.h"
+#include "offcpu.h"
 
 SEC("perf_event")
 int on_sample(struct bpf_perf_event_data *ctx)

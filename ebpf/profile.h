@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Layouts and constants shared by profile.bpf.c and the Rust side (profiler/src/bpf.rs).
+ * Layouts and constants shared by profile.bpf.c and the Rust side (profiler/src/bpf/abi.rs).
  * Every struct here has a #[repr(C)] twin in Rust; the test `bpf::tests::abi_matches_the_bpf_object` reads the
  * sizes and offsets that clang actually produced for the BPF target (the abi_* globals in
  * profile.bpf.c) and compares them with Rust's.
@@ -13,6 +13,9 @@
 
 /* How many distinct events one recording can carry (the cookie's event index is below this). */
 #define PROF_MAX_EVENTS 32
+
+/* CPUs the tracepoint and off-CPU programs can tell apart (the `sampled_cpus` bit mask). */
+#define PROF_MAX_CPUS 1024
 
 /*
  * The bpf_cookie of each perf link:
@@ -52,7 +55,9 @@ enum prof_stat {
 	PROF_STAT_UNWIND_UNREADABLE = 7,  /* user memory the rule pointed at could not be read */
 	PROF_STAT_UNWIND_FRAME_LIMIT = 8, /* PROF_MAX_STACK_DEPTH frames and the stack went on */
 	PROF_STAT_UNWIND_TABLES_FULL = 9, /* a file's table did not fit in the table maps */
-	PROF_STAT_COUNT = 10,
+	PROF_STAT_BLOCKS_STARTED = 10,    /* off-CPU: switch-outs recorded in `off_cpu_blocks` */
+	PROF_STAT_BLOCKS_SHORT = 11,      /* off-CPU: blocks shorter than off_cpu_min_ns, not counted */
+	PROF_STAT_COUNT = 12,
 };
 
 /* Row of `stats` that holds counters not tied to one event. */
@@ -73,6 +78,17 @@ struct sample_key {
 struct sample_value {
 	__u64 samples; /* how many samples hit this key */
 	__u64 period;  /* sum of ctx->sample_period: the estimated number of events */
+};
+
+/*
+ * Value of the `off_cpu_blocks` map, by thread id: a thread that left the CPU to block, with
+ * what its time off CPU will be counted under once it runs again.
+ */
+struct off_cpu_block {
+	struct sample_key key; /* the process, the off-cpu event, the stacks taken at switch-out */
+	__u64 start;           /* bpf_ktime_get_ns() at switch-out */
+	__u32 generation;      /* the generation of `stacks_N` that key's stacks were stored in */
+	__u32 pad;
 };
 
 /* Value of the `stacks` hash map: instruction pointers, innermost first, zero-padded. */

@@ -2,7 +2,8 @@
 /*
  * The target set, when prof records a command or a list of pids. Two small raw tracepoint
  * programs keep it current: children forked by a target join it, and a target's tgid leaves
- * it when the process exits, so that a reused pid is not profiled by mistake.
+ * it when the process exits, so that a reused pid is not profiled by mistake. And the CPUs
+ * being sampled, for the programs that run on every CPU.
  */
 #ifndef PROF_TARGETS_H
 #define PROF_TARGETS_H
@@ -21,6 +22,25 @@ struct {
 static __always_inline int is_target(__u32 tgid)
 {
 	return !filter_tgids || bpf_map_lookup_elem(&targets, &tgid);
+}
+
+/*
+ * The CPUs being sampled, one bit each, set by userspace before load (every CPU unless told
+ * otherwise). Sampling events are opened on those CPUs only; a tracepoint's programs run on
+ * whichever CPU it fires, so the tracepoint and off-CPU programs check the CPU themselves.
+ */
+const volatile __u64 sampled_cpus[PROF_MAX_CPUS / 64] = {
+	[0 ... PROF_MAX_CPUS / 64 - 1] = ~0ULL,
+};
+
+/* Whether the CPU this runs on is being sampled. */
+static __always_inline int is_sampled_cpu(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	if (cpu >= PROF_MAX_CPUS)
+		return 0;
+	return (sampled_cpus[cpu / 64] >> (cpu % 64)) & 1;
 }
 
 /* Only the fields we read; CO-RE relocates their offsets against the running kernel's BTF. */

@@ -74,7 +74,10 @@ struct walk {
 	__u64 map_start; /* the last mapping found: the next frame is often in it too */
 	__u64 map_end;
 	__u32 map_index;
-	__u32 pad;
+	__u32 row_file;  /* the last row found, for pcs from row_start to row_end of row_file */
+	__u32 row_start; /* (loops and recursion walk the same rows again and again) */
+	__u32 row_end;
+	struct unwind_row row;
 };
 
 struct {
@@ -135,6 +138,7 @@ static __always_inline struct unwind_row *find_row(struct walk *w, struct unwind
 						   __u32 pc)
 {
 	__u32 first = file->first_row, index;
+	struct unwind_row *found;
 
 	BOUND(w->lo) = first;
 	BOUND(w->hi) = first + file->rows;
@@ -157,8 +161,21 @@ static __always_inline struct unwind_row *find_row(struct walk *w, struct unwind
 	index = BOUND(w->lo);
 	if (index == first)
 		return NULL;
+	/* The row after the one found bounds the range it covers. */
+	if (index < first + file->rows) {
+		struct unwind_row *next = bpf_map_lookup_elem(&unwind_rows, &index);
+
+		w->row_end = next ? next->pc : 0;
+	} else {
+		w->row_end = 0xffffffff;
+	}
 	index -= 1;
-	return bpf_map_lookup_elem(&unwind_rows, &index);
+	found = bpf_map_lookup_elem(&unwind_rows, &index);
+	if (!found)
+		return NULL;
+	w->row_start = found->pc;
+	w->row = *found;
+	return found;
 }
 
 /* Why an early stop happened where the frame pointer was the last resort. */
@@ -290,7 +307,7 @@ static long unwind_step(__u32 index, void *arg)
 	struct unwind_mapping *mapping;
 	struct unwind_file *file;
 	struct unwind_row *row;
-	__u32 depth = w->depth;
+	__u32 depth = w->depth, table_pc;
 	__u64 pc;
 
 	if (w->ip == 0)
@@ -322,9 +339,14 @@ static long unwind_step(__u32 index, void *arg)
 	}
 	if (pc - mapping->bias > 0xffffffffULL)
 		return frame_pointer_step(w);
-	row = find_row(w, file, pc - mapping->bias);
+	table_pc = pc - mapping->bias;
+	if (w->row_file == mapping->file + 1 && table_pc >= w->row_start && table_pc < w->row_end)
+		return row_step(w, &w->row);
+	w->row_file = 0;
+	row = find_row(w, file, table_pc);
 	if (!row)
 		return frame_pointer_step(w);
+	w->row_file = mapping->file + 1;
 	return row_step(w, row);
 }
 
@@ -355,6 +377,7 @@ static __always_inline __u32 walk_user_stack(__u64 ip, __u64 sp, __u64 bp,
 	w->met = 0;
 	w->map_start = 0;
 	w->map_end = 0;
+	w->row_file = 0;
 	ctx.w = w;
 	bpf_loop(PROF_MAX_STACK_DEPTH + 1, unwind_step, &ctx, 0);
 	*stop = w->stop;

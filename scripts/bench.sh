@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs prof's benchmarks (BENCHMARKS.md has the figures and what they mean):
 #   scripts/bench.sh kernel    the BPF program's in-kernel cost per sample (kernel-cost)
+#   scripts/bench.sh run-array what each attachment to a tracepoint costs: cookie, clone, lookup
 #   scripts/bench.sh slowdown  a fixed workload under nothing, prof, perf -g and perf dwarf
 #   scripts/bench.sh stages    criterion benches of drain, symbolization and export
-#   scripts/bench.sh           all three
+#   scripts/bench.sh           all four
 # Arguments after the first go to the harness, e.g. `scripts/bench.sh slowdown --rounds 3`.
 # It installs what it needs (clang and libbpf-dev as scripts/test.sh does, and linux-perf for
 # the comparison), builds in release mode, and runs the harnesses as root (through sudo when
@@ -35,15 +36,17 @@ if [ -n "$sudo" ]; then
 fi
 case "$what" in
 kernel) $sudo target/release/kernel-cost "$@" ;;
+run-array) $sudo target/release/run-array "$@" ;;
 slowdown) $sudo target/release/slowdown "$@" ;;
 stages) cargo bench -p prof-benches --bench stages -- "$@" ;;
 all)
     $sudo target/release/kernel-cost
+    $sudo target/release/run-array
     $sudo target/release/slowdown
     cargo bench -p prof-benches --bench stages
     ;;
 *)
-    echo "usage: scripts/bench.sh [kernel|slowdown|stages|all] [harness arguments]" >&2
+    echo "usage: scripts/bench.sh [kernel|run-array|slowdown|stages|all] [harness arguments]" >&2
     exit 2
     ;;
 esac

@@ -33,3 +33,4 @@ cargo test --workspace
 # Their timings never gate CI (BENCHMARKS.md has the figures; scripts/bench.sh runs them).
 PROF_BENCH_SMOKE=1 cargo bench -p prof-benches --bench stages -- --test
 cargo run --release -q -p prof-benches --bin kernel-cost -- --seconds 0.3 --only "shallow, user+kernel"
+cargo run --release -q -p prof-benches --bin run-array -- --calls 20000 --rounds 1 --ks 1,2

@@ -233,8 +233,7 @@ impl FilledMaps {
             filter_tgids: false,
             stack_storage_size,
             counts_map_size,
-            double_buffer: false,
-            unwind: None,
+            ..BpfConfig::default()
         })
         .map_err(|err| format!("loading prof's BPF program: {err}"))?;
         let mut stacks: BpfHashMap<MapData, u64, StackTrace> =

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{RangedI64ValueParser, RangedU64ValueParser};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::cmd::record::{RecordConfig, Target};
 use crate::cmd::report::ReportConfig;
@@ -13,6 +15,8 @@ use prof::agent;
 use prof::agent::config::{AgentConfig, DirConfig, PushConfig};
 use prof::events;
 use prof::export::flamegraph;
+use prof::export::limits::{self, ReadLimits};
+use prof::map_memory::{self, MapSizes};
 use prof::perf::Sampling;
 use prof::unwind::{self, UnwindMode};
 
@@ -43,8 +47,25 @@ pub enum Command {
     /// where it shrank.
     #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
-    /// List the events prof knows and whether each works on this machine.
-    List,
+    /// List the events prof knows and whether each works on this machine, and the kernel's
+    /// tracepoint categories; with a CATEGORY, that category's tracepoints.
+    #[command(after_help = LIST_EXAMPLES)]
+    List(ListArgs),
+}
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  # Every event, whether it works here, and the tracepoint categories:
+  prof list
+  # The scheduler's tracepoints, to record as -e sched:<name>:
+  sudo prof list sched";
+
+/// `prof list` arguments.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// A tracepoint category (`sched`, `syscalls`, ...): list its tracepoints.
+    #[arg(value_name = "CATEGORY")]
+    pub category: Option<String>,
 }
 
 const AGENT_EXAMPLES: &str = "\
@@ -116,20 +137,24 @@ pub struct AgentArgs {
     #[arg(short = 'e', long = "event", value_name = "LIST")]
     pub events: Option<String>,
 
+    /// Also profile off-CPU time (the `off-cpu` event, nanoseconds blocked).
+    #[arg(long)]
+    pub off_cpu: bool,
+
     /// Samples per second per CPU [default: 19].
-    #[arg(short = 'F', long = "freq", value_name = "HZ")]
+    #[arg(short = 'F', long = "freq", value_name = "HZ", value_parser = frequency(), allow_negative_numbers = true)]
     pub freq: Option<u64>,
 
     /// Seconds per window [default: 10].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = RangedI64ValueParser::<u64>::new().range(1..=3600), allow_negative_numbers = true)]
     pub window: Option<u64>,
 
     /// Distinct stacks the kernel stores per window [default: 8192].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = map_size(), allow_negative_numbers = true)]
     pub stack_storage_size: Option<u32>,
 
     /// Distinct (process, event, stack) keys the kernel counts per window [default: 16384].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = map_size(), allow_negative_numbers = true)]
     pub counts_map_size: Option<u32>,
 
     #[command(flatten)]
@@ -222,26 +247,11 @@ impl AgentArgs {
         if let Some(list) = &self.events {
             config.events = events::parse_list(list)?;
         }
-        for (flag, value) in [
-            ("-F/--freq", self.freq),
-            ("--window", self.window),
-            (
-                "--stack-storage-size",
-                self.stack_storage_size.map(u64::from),
-            ),
-            ("--counts-map-size", self.counts_map_size.map(u64::from)),
-        ] {
-            if value == Some(0) {
-                bail!("{flag} must be at least 1");
-            }
-        }
+        config.off_cpu |= self.off_cpu;
         if let Some(freq) = self.freq {
             config.frequency = freq;
         }
         if let Some(window) = self.window {
-            if window > 3600 {
-                bail!("--window is at most 3600 seconds");
-            }
             config.window_seconds = window;
         }
         if let Some(size) = self.stack_storage_size {
@@ -254,6 +264,16 @@ impl AgentArgs {
             &mut config.sampling.unwind,
             &mut config.sampling.unwind_table_size,
         )?;
+        // The agent fills one generation of maps while it drains the other.
+        check_map_sizes(MapSizes {
+            stacks: config.stack_storage_size,
+            counts: config.counts_map_size,
+            generations: 2,
+            unwind_rows: match config.sampling.unwind {
+                UnwindMode::Auto => config.sampling.unwind_table_size,
+                UnwindMode::Fp => 0,
+            },
+        })?;
         Ok(config)
     }
 }
@@ -264,6 +284,8 @@ Examples:
   prof report prof.pb.gz
   # A flame graph of one event, from prof's pprof or any other program's:
   prof report prof.pb.gz --event cpu-clock -o cpu.svg
+  # All of the threads' time, on CPU and blocked, in one graph (record with --off-cpu):
+  prof report prof.pb.gz --event cpu-clock+off-cpu -o wall.svg
   # Page faults per unit of CPU time: width is cpu-clock, red frames fault more:
   prof report prof.pb.gz --ratio page-faults/cpu-clock -o ratio.svg
   # A Go program's CPU profile, as a reversed (icicle) flame graph:
@@ -288,7 +310,9 @@ pub struct ReportArgs {
     #[arg(value_name = "FILE")]
     pub input: PathBuf,
 
-    /// Only these events (comma-separated or repeated); `prof report FILE` lists them.
+    /// Only these events (comma-separated or repeated); `prof report FILE` lists them. A
+    /// sum, A+B, adds events of one unit into one: cpu-clock+off-cpu is where threads spent
+    /// their time, running or blocked (the wall-clock view).
     #[arg(
         long = "event",
         short = 'e',
@@ -304,7 +328,7 @@ pub struct ReportArgs {
     pub outputs: Vec<PathBuf>,
 
     /// How many functions the table shows.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=u64::from(u32::MAX)), allow_negative_numbers = true)]
     pub top: usize,
 
     /// Draw a ratio flame graph NUMERATOR/DENOMINATOR of two recorded events: widths
@@ -314,7 +338,58 @@ pub struct ReportArgs {
     pub ratio: Option<String>,
 
     #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
     pub flame: FlameArgs,
+}
+
+/// How much of a saved profile `report` and `diff` read before refusing it, so that a
+/// hostile or broken file cannot exhaust memory.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Input limits")]
+pub struct LimitArgs {
+    /// Refuse profiles larger than this once decompressed (K, M, G suffixes: powers of 1024).
+    #[arg(long, value_name = "BYTES", default_value = limits::DEFAULT_MAX_INPUT_TEXT, value_parser = parse_bytes)]
+    pub max_input_size: u64,
+
+    /// Refuse stacks deeper than this many frames (each inlined function is a frame).
+    #[arg(long, value_name = "FRAMES", default_value_t = limits::DEFAULT_MAX_STACK_DEPTH, value_parser = RangedU64ValueParser::<usize>::new().range(1..=u64::from(u32::MAX)), allow_negative_numbers = true)]
+    pub max_stack_depth: usize,
+
+    /// Refuse profiles with more locations than this, counting each location entry and each
+    /// frame of each distinct stack.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_LOCATIONS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 40), allow_negative_numbers = true)]
+    pub max_locations: usize,
+}
+
+impl LimitArgs {
+    /// The limits.
+    pub fn into_limits(self) -> ReadLimits {
+        ReadLimits {
+            max_input_bytes: self.max_input_size,
+            max_stack_depth: self.max_stack_depth,
+            max_locations: self.max_locations,
+        }
+    }
+}
+
+/// Parses a size in bytes: a whole number with an optional K, M or G (KiB, MiB, GiB) suffix.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let digits = upper.trim_end_matches(['B', 'I']);
+    let (digits, unit) = match digits.chars().last() {
+        Some('K') => (&digits[..digits.len() - 1], 1u64 << 10),
+        Some('M') => (&digits[..digits.len() - 1], 1 << 20),
+        Some('G') => (&digits[..digits.len() - 1], 1 << 30),
+        _ => (digits, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "expected a size such as 512M or 2G, more than 0 bytes".to_owned())
 }
 
 impl ReportArgs {
@@ -337,6 +412,7 @@ impl ReportArgs {
             outputs: self.outputs,
             top: self.top,
             ratio,
+            limits: self.limits.into_limits(),
             flame: self.flame.into_options()?,
         })
     }
@@ -361,6 +437,9 @@ pub struct DiffArgs {
     #[arg(long)]
     pub normalize: bool,
 
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
     /// Output file: .svg (differential flame graph) or .folded (`stack before after`).
     #[arg(
         short = 'o',
@@ -384,16 +463,23 @@ Examples:
   sudo prof record -p 1234 -d 10 -o app.folded
   # The whole machine for 5 s, into prof.svg:
   sudo prof record -a -d 5
+  # Where a command waits as well as where it runs: prof.cpu-clock.svg, prof.off-cpu.svg,
+  # and both in prof.pb.gz (`prof report prof.pb.gz -e cpu-clock+off-cpu -o wall.svg`):
+  sudo prof record -e cpu-clock --off-cpu -o prof.svg -o prof.pb.gz -- ./app
+  # Every write(2) of a command, with its stacks (`prof list syscalls` lists the others):
+  sudo prof record -e syscalls:sys_enter_write -o writes.svg -- ./app
 
-Recording stops when the command exits, after --duration, or on Ctrl-C / SIGTERM; the outputs
-are written in every case. prof needs root, or CAP_BPF and CAP_PERFMON.";
+Recording stops when the command exits, after --duration, or on Ctrl-C, SIGTERM or SIGHUP; the
+outputs are written in every case, and a second signal quits at once. prof needs root, or
+CAP_BPF and CAP_PERFMON.";
 
 /// `prof record` flags.
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Events to sample, comma-separated (perf names: cycles, cpu-clock, page-faults,
-    /// LLC-load-misses, r1a8, ...; add :u or :k for user or kernel only). `prof list` shows
-    /// them all. Without a hardware PMU, cycles falls back to cpu-clock.
+    /// LLC-load-misses, r1a8, ...; add :u or :k for user or kernel only), tracepoints as
+    /// category:name (sched:sched_switch, counted on every hit), and off-cpu. `prof list`
+    /// shows them all. Without a hardware PMU, cycles falls back to cpu-clock.
     #[arg(
         short = 'e',
         long = "event",
@@ -402,17 +488,34 @@ pub struct RecordArgs {
     )]
     pub events: String,
 
+    /// Also record off-CPU time: where threads block (sleeps, locks, I/O), weighted by the
+    /// nanoseconds they stay blocked, as the event `off-cpu`.
+    #[arg(long)]
+    pub off_cpu: bool,
+
+    /// Leave out blocks shorter than this many microseconds (--off-cpu).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub off_cpu_min_us: u64,
+
+    /// Threads the kernel follows while they are blocked (--off-cpu); raise it when the summary
+    /// reports dropped blocks.
+    #[arg(long, value_name = "N", default_value_t = prof::bpf::DEFAULT_OFF_CPU_TASKS)]
+    pub off_cpu_tasks: u32,
+
     /// Samples per second per CPU; the kernel adjusts the period to match [default: 999]
     #[arg(
         short = 'F',
         long = "freq",
         value_name = "HZ",
-        conflicts_with = "period"
+        conflicts_with = "period",
+        value_parser = frequency(),
+        allow_negative_numbers = true
     )]
     pub freq: Option<u64>,
 
-    /// Take one sample every N events instead of sampling at a frequency.
-    #[arg(short = 'c', long = "period", value_name = "N")]
+    /// Take one sample every N events instead of sampling at a frequency (tracepoints: count
+    /// one hit in N; by default every hit counts).
+    #[arg(short = 'c', long = "period", value_name = "N", value_parser = RangedI64ValueParser::<u64>::new().range(1..=i64::MAX), allow_negative_numbers = true)]
     pub period: Option<u64>,
 
     /// Sample all CPUs (the default when no command and no pid is given).
@@ -420,7 +523,7 @@ pub struct RecordArgs {
     pub all_cpus: bool,
 
     /// Sample every thread of these processes (comma-separated), and what they fork.
-    #[arg(short = 'p', long = "pid", value_name = "PID,...", conflicts_with_all = ["all_cpus", "command"], value_delimiter = ',')]
+    #[arg(short = 'p', long = "pid", value_name = "PID,...", conflicts_with_all = ["all_cpus", "command"], value_delimiter = ',', value_parser = RangedI64ValueParser::<u32>::new().range(1..=i64::from(i32::MAX)), allow_negative_numbers = true)]
     pub pids: Vec<u32>,
 
     /// Only sample these CPUs, e.g. 0-3,6.
@@ -428,8 +531,8 @@ pub struct RecordArgs {
     pub cpus: Option<String>,
 
     /// Stop after this many seconds.
-    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
 
     /// Output file; repeat for several. The extension picks the format: .svg (flame graph),
     /// .folded (collapsed stacks) or .pb.gz / .pprof (pprof, every event in one file). With
@@ -445,12 +548,12 @@ pub struct RecordArgs {
 
     /// Distinct stacks the kernel can store (about 1 KiB of kernel memory each, reserved up
     /// front); raise it when the summary reports a full stack map.
-    #[arg(long, value_name = "N", default_value_t = 32768)]
+    #[arg(long, value_name = "N", default_value_t = 32768, value_parser = map_size(), allow_negative_numbers = true)]
     pub stack_storage_size: u32,
 
-    /// Distinct (process, event, stack) entries the kernel can count; raise it when the
-    /// summary reports a full counts map.
-    #[arg(long, value_name = "N", default_value_t = 65536)]
+    /// Distinct (process, event, stack) entries the kernel can count (88 bytes of kernel
+    /// memory each); raise it when the summary reports a full counts map.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = map_size(), allow_negative_numbers = true)]
     pub counts_map_size: u32,
 
     #[command(flatten)]
@@ -478,7 +581,7 @@ pub struct UnwindArgs {
     /// Rows the unwind tables of all binaries hold together, 8 bytes of kernel memory each,
     /// reserved up front; when full, the least recently used binaries are evicted (libc
     /// takes 25,000 rows) [default: 4194304, 32 MiB]
-    #[arg(long, value_name = "ROWS")]
+    #[arg(long, value_name = "ROWS", value_parser = map_size(), allow_negative_numbers = true)]
     pub unwind_table_size: Option<u32>,
 }
 
@@ -486,9 +589,6 @@ impl UnwindArgs {
     /// The unwind mode and table rows, over `mode` and `rows` (the config's or defaults).
     fn apply(&self, mode: &mut UnwindMode, rows: &mut u32) -> Result<()> {
         if let Some(size) = self.unwind_table_size {
-            if size == 0 {
-                bail!("--unwind-table-size must be at least 1 row");
-            }
             *rows = size;
         }
         if let Some(unwind) = self.unwind {
@@ -518,7 +618,7 @@ pub struct FlameArgs {
 
     /// Prune frames narrower than this many pixels (of 1200); the subtitle says how much
     /// was pruned. Keeps graphs of many stacks quick to open.
-    #[arg(long, value_name = "PIXELS", default_value_t = 0.1)]
+    #[arg(long, value_name = "PIXELS", default_value_t = 0.1, value_parser = parse_pixels, allow_negative_numbers = true)]
     pub minwidth: f64,
 
     /// Split the root frame by process, as `comm (pid)`, instead of by name only.
@@ -531,12 +631,6 @@ impl FlameArgs {
     pub fn into_options(self) -> Result<flamegraph::Options> {
         if let Err(err) = flamegraph::palette(&self.colors) {
             bail!("{err}");
-        }
-        if !(self.minwidth.is_finite() && self.minwidth >= 0.0) {
-            bail!(
-                "--minwidth must be a number of pixels, 0 or more, not {}",
-                self.minwidth
-            );
         }
         Ok(flamegraph::Options {
             title: self.title,
@@ -554,17 +648,13 @@ const DEFAULT_FREQ: u64 = 999;
 impl RecordArgs {
     /// Validates the flags and turns them into a [`RecordConfig`].
     pub fn into_config(self) -> Result<RecordConfig> {
-        let events = events::parse_list(&self.events)?;
+        let events = with_off_cpu(events::parse_list(&self.events)?, self.off_cpu)?;
+        if self.off_cpu_tasks == 0 {
+            bail!("--off-cpu-tasks must be at least 1");
+        }
         let sampling = match (self.freq, self.period) {
-            (_, Some(0)) => bail!("-c/--period must be at least 1"),
             (_, Some(period)) => Sampling::Period(period),
-            (Some(0), _) => bail!("-F/--freq must be at least 1"),
             (freq, None) => Sampling::Frequency(freq.unwrap_or(DEFAULT_FREQ)),
-        };
-        let duration = match self.duration {
-            None => None,
-            Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
-            Some(secs) => bail!("-d/--duration must be a positive number of seconds, not {secs}"),
         };
         let target = if !self.command.is_empty() {
             Target::Command {
@@ -576,29 +666,148 @@ impl RecordArgs {
         } else {
             Target::AllCpus
         };
-        if self.stack_storage_size == 0 || self.counts_map_size == 0 {
-            bail!("--stack-storage-size and --counts-map-size must be at least 1");
-        }
         let (mut mode, mut rows) = (UnwindMode::Auto, unwind::DEFAULT_TABLE_ROWS);
         self.unwind.apply(&mut mode, &mut rows)?;
+        check_map_sizes(MapSizes {
+            stacks: self.stack_storage_size,
+            counts: self.counts_map_size,
+            generations: 1,
+            unwind_rows: match mode {
+                UnwindMode::Auto => rows,
+                UnwindMode::Fp => 0,
+            },
+        })?;
         Ok(RecordConfig {
             unwind: mode.sizes(rows),
             events,
             sampling,
             target,
             cpus: self.cpus,
-            duration,
+            duration: self.duration,
             outputs: self.outputs,
             stack_storage_size: self.stack_storage_size,
             counts_map_size: self.counts_map_size,
+            off_cpu_min: Duration::from_micros(self.off_cpu_min_us),
+            off_cpu_tasks: self.off_cpu_tasks,
             flame: self.flame.into_options()?,
         })
     }
 }
 
-/// Parses the command line.
-pub fn parse() -> Cli {
-    Cli::parse()
+/// `events` with the off-CPU event appended when `--off-cpu` asks for it (once, if `-e`
+/// named it too).
+fn with_off_cpu(mut events: Vec<events::Event>, off_cpu: bool) -> Result<Vec<events::Event>> {
+    let has = events.iter().any(|e| e.kind == events::EventKind::OffCpu);
+    if off_cpu && !has {
+        if events.len() >= events::MAX_EVENTS {
+            bail!(
+                "{} events requested with --off-cpu; prof records at most 32 at once",
+                events.len() + 1
+            );
+        }
+        events.push(events::Event::off_cpu());
+    }
+    Ok(events)
+}
+
+/// `-F`: at least 1 Hz; the kernel's own limit is checked when recording starts.
+fn frequency() -> RangedI64ValueParser<u64> {
+    RangedI64ValueParser::<u64>::new().range(1..=i64::from(u32::MAX))
+}
+
+/// `--stack-storage-size` and `--counts-map-size`: at least one entry; what a size costs is
+/// checked against the machine's memory by [`check_map_sizes`].
+fn map_size() -> RangedI64ValueParser<u32> {
+    RangedI64ValueParser::<u32>::new().range(1..=i64::from(u32::MAX))
+}
+
+/// Refuses map sizes the machine cannot spare, and warns about sizes that take long to
+/// reserve.
+fn check_map_sizes(sizes: MapSizes) -> Result<()> {
+    let available = map_memory::available_memory().unwrap_or(u64::MAX);
+    if let Some(warning) = sizes.check(map_memory::possible_cpus(), available)? {
+        say!("prof: warning: {warning}");
+    }
+    Ok(())
+}
+
+/// `-d`: a positive number of seconds that a [`Duration`] holds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, such as 10 or 0.5".to_owned())?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err("the duration must be more than 0 seconds".to_owned());
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("the duration must be at most {} seconds", u64::MAX))
+}
+
+/// `--minwidth`: a number of pixels, 0 or more.
+fn parse_pixels(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(pixels) if pixels.is_finite() && pixels >= 0.0 => Ok(pixels),
+        _ => Err("expected a number of pixels, 0 or more, such as 0.1".to_owned()),
+    }
+}
+
+/// Parses the command line. `--help` and `--version` print as usual and end prof; every
+/// error becomes one line for `main` to print.
+pub fn parse() -> Result<Cli> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => Ok(cli),
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            // A closed stdout is no error here either.
+            let _ = err.print();
+            std::process::exit(0);
+        }
+        Err(err) => Err(anyhow::anyhow!(one_line(&err, &args))),
+    }
+}
+
+/// A clap error as one line: clap's message with what it lists, its tips, and where to
+/// read more.
+fn one_line(err: &clap::Error, args: &[OsString]) -> String {
+    let text = err.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        line = "a command is missing: record, report, diff, agent or list".to_owned();
+    }
+    let mut listed = Vec::new();
+    for rest in lines {
+        if let Some(tip) = rest.strip_prefix("tip: ") {
+            // `use '-- --x'` would pass the flag to the recorded command, not to prof.
+            if !tip.starts_with("to pass '") {
+                line.push_str("; ");
+                line.push_str(tip);
+            }
+        } else if !(rest.starts_with("Usage: ") || rest.starts_with("For more information")) {
+            listed.push(rest);
+        }
+    }
+    if !listed.is_empty() {
+        line = format!("{}: {}", line.trim_end_matches(':'), listed.join(", "));
+    }
+    // The subcommand, if one was given, to point at its own --help.
+    let subcommand = args
+        .iter()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy())
+        .find(|arg| !arg.starts_with('-'))
+        .filter(|arg| Cli::command().find_subcommand(arg.as_ref()).is_some());
+    match subcommand {
+        Some(name) => format!("{line} (see `prof {name} --help`)"),
+        None => format!("{line} (see `prof --help`)"),
+    }
 }
 
 impl Cli {
@@ -625,9 +834,96 @@ impl Cli {
                 event: args.event,
                 normalize: args.normalize,
                 outputs: args.outputs,
+                limits: args.limits.into_limits(),
                 flame: args.flame.into_options()?,
             }),
-            Command::List => crate::cmd::list::run(),
+            Command::List(args) => crate::cmd::list::run(args.category.as_deref()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks of every flag, default and conflict.
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn error_line(args: &[&str]) -> String {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let err = Cli::try_parse_from(&args).expect_err("refused");
+        one_line(&err, &args)
+    }
+
+    /// clap's errors become one line that says what is wrong and which --help to read; a
+    /// negative number is a value out of range, not a flag to escape with `--`.
+    #[test]
+    fn clap_errors_are_one_line() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (
+                &["prof", "record", "-F", "-5"],
+                &["'-5'", "--freq", "1..=", "prof record --help"],
+            ),
+            (&["prof", "record", "-p", "-1"], &["'-1'", "--pid", "1..="]),
+            (
+                &["prof", "record", "-d", "-1"],
+                &["--duration", "more than 0 seconds"],
+            ),
+            (
+                &["prof", "record", "-d", "2e19", "--", "true"],
+                &["--duration", "at most"],
+            ),
+            (
+                &["prof", "record", "-F", "99", "-c", "1000"],
+                &["cannot be used with"],
+            ),
+            (&["prof", "record", "-p", ""], &["--pid", "empty string"]),
+            (
+                &["prof", "record", "--frq", "9"],
+                &["'--frq'", "similar argument exists: '--freq'"],
+            ),
+            (
+                &["prof", "report"],
+                &[
+                    "required arguments were not provided: <FILE>",
+                    "prof report --help",
+                ],
+            ),
+            (
+                &["prof", "report", "x", "--max-input-size", "12Q"],
+                &["512M"],
+            ),
+            (
+                &["prof", "bogus"],
+                &["unrecognized subcommand 'bogus'", "prof --help"],
+            ),
+            (&["prof"], &["a command is missing"]),
+        ];
+        for (args, needles) in cases {
+            let line = error_line(args);
+            assert!(!line.contains('\n'), "{args:?}: {line}");
+            assert!(
+                !line.contains("-- -"),
+                "{args:?} suggests a command: {line}"
+            );
+            for needle in *needles {
+                assert!(line.contains(needle), "{args:?}: `{needle}` in {line}");
+            }
+        }
+    }
+
+    /// Sizes take K, M and G suffixes.
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("256M"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("10KiB"), Ok(10 << 10));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("-1M").is_err());
+        assert!(parse_bytes("99999999999G").is_err());
     }
 }

@@ -70,13 +70,15 @@ pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
 }
 
 /// Reads and then empties `generation`, which samples must no longer go to (see
-/// [`BpfProfiler::flip`]).
+/// [`BpfProfiler::flip`]). The stacks of off-CPU blocks still pending are carried into the
+/// generation being written first, so those blocks keep them.
 pub fn drain_generation(
     bpf: &mut BpfProfiler,
     generation: Generation,
     events: usize,
 ) -> Result<Drained, BpfError> {
     let drained = read(bpf, generation, events)?;
+    bpf.carry_pending_blocks(generation)?;
     bpf.clear(generation)?;
     Ok(drained)
 }

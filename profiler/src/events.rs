@@ -31,6 +31,12 @@ pub enum EventKind {
     /// A raw, model-specific PMU event.
     #[doc(alias = "PERF_TYPE_RAW")]
     Raw,
+    /// A kernel tracepoint, `category:name`: counted on every hit, not sampled.
+    #[doc(alias = "PERF_TYPE_TRACEPOINT")]
+    Tracepoint,
+    /// Off-CPU time: nanoseconds threads spent blocked, measured at the scheduler's switch
+    /// (the `sched:sched_switch` tracepoint).
+    OffCpu,
 }
 
 impl EventKind {
@@ -41,12 +47,22 @@ impl EventKind {
             EventKind::Software => sys::PERF_TYPE_SOFTWARE,
             EventKind::HardwareCache => sys::PERF_TYPE_HW_CACHE,
             EventKind::Raw => sys::PERF_TYPE_RAW,
+            EventKind::Tracepoint | EventKind::OffCpu => sys::PERF_TYPE_TRACEPOINT,
         }
     }
 
     /// Whether the event needs a hardware PMU.
     pub fn needs_pmu(self) -> bool {
-        !matches!(self, EventKind::Software)
+        matches!(
+            self,
+            EventKind::Hardware | EventKind::HardwareCache | EventKind::Raw
+        )
+    }
+
+    /// Whether prof samples it with a perf event on each CPU (the others are tracepoints,
+    /// whose programs run on every hit, on any CPU).
+    pub fn is_sampled(self) -> bool {
+        !matches!(self, EventKind::Tracepoint | EventKind::OffCpu)
     }
 
     /// "hardware", "software", ...
@@ -56,6 +72,8 @@ impl EventKind {
             EventKind::Software => "software",
             EventKind::HardwareCache => "hardware cache",
             EventKind::Raw => "raw",
+            EventKind::Tracepoint => "tracepoint",
+            EventKind::OffCpu => "off-cpu",
         }
     }
 }
@@ -141,6 +159,12 @@ impl Unit {
     }
 }
 
+/// The name of the off-CPU event, in outputs and in `-e` lists.
+pub const OFF_CPU: &str = "off-cpu";
+
+/// The tracepoint the off-CPU event hooks.
+pub const SCHED_SWITCH: (&str, &str) = ("sched", "sched_switch");
+
 /// One event as prof will program it into `perf_event_attr`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Event {
@@ -148,9 +172,10 @@ pub struct Event {
     pub base: String,
     /// The kind, which gives `perf_event_attr.type`.
     pub kind: EventKind,
-    /// `perf_event_attr.config`.
+    /// `perf_event_attr.config`. For tracepoints and off-CPU, the tracepoint's id: 0 until
+    /// [`crate::session::plan`] looked it up in tracefs.
     pub config: u64,
-    /// The privilege levels sampled.
+    /// The privilege levels sampled (for tracepoints and off-CPU: the stacks taken).
     pub modifiers: Modifiers,
 }
 
@@ -160,8 +185,31 @@ impl Event {
         format!("{}{}", self.base, self.modifiers.suffix())
     }
 
+    /// The off-CPU event, its tracepoint id not yet looked up.
+    pub fn off_cpu() -> Event {
+        Event {
+            base: OFF_CPU.to_owned(),
+            kind: EventKind::OffCpu,
+            config: 0,
+            modifiers: Modifiers::BOTH,
+        }
+    }
+
+    /// The tracepoint's category and name (`sched`, `sched_switch`), for tracepoint events and
+    /// the off-CPU event.
+    pub fn tracepoint(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            EventKind::Tracepoint => self.base.split_once(':'),
+            EventKind::OffCpu => Some(SCHED_SWITCH),
+            _ => None,
+        }
+    }
+
     /// What the sum of this event's sample periods counts.
     pub fn unit(&self) -> Unit {
+        if self.kind == EventKind::OffCpu {
+            return Unit::Nanoseconds;
+        }
         let clock = self.kind == EventKind::Software
             && matches!(
                 self.config as u32,
@@ -184,15 +232,32 @@ impl Event {
         self.kind == EventKind::Hardware && self.config == u64::from(sys::PERF_COUNT_HW_CPU_CYCLES)
     }
 
-    /// Parses one event name with optional modifiers, e.g. `page-faults:u`.
+    /// Parses one event name with optional modifiers, e.g. `page-faults:u`, or a tracepoint,
+    /// `category:name` as perf spells them (`sched:sched_switch`).
     pub fn parse(text: &str) -> Result<Event, EventError> {
         let text = text.trim();
+        // `cpu-clok:u` is a misspelt event with modifiers, not a tracepoint: no tracepoint is
+        // called `u` or `k`.
+        if let Some((category, rest)) = text.split_once(':')
+            && !category.is_empty()
+            && lookup(category).is_none()
+            && category != OFF_CPU
+            && !rest.chars().all(|c| matches!(c, 'u' | 'k'))
+        {
+            return parse_tracepoint(text, category, rest);
+        }
         let (base, modifiers) = match text.split_once(':') {
             Some((base, modifiers)) => (base, parse_modifiers(text, modifiers)?),
             None => (text, Modifiers::BOTH),
         };
         if base.is_empty() {
             return Err(EventError::Empty);
+        }
+        if base == OFF_CPU {
+            return Ok(Event {
+                modifiers,
+                ..Event::off_cpu()
+            });
         }
         let (canonical, kind, config) = lookup(base).ok_or_else(|| EventError::Unknown {
             name: base.to_owned(),
@@ -284,7 +349,35 @@ pub enum EventError {
     },
 }
 
-fn did_you_mean(suggestions: &[String]) -> String {
+/// `category:name[:modifiers]`: a tracepoint, whose modifiers choose the stacks taken. Its id
+/// is looked up later, in tracefs.
+fn parse_tracepoint(text: &str, category: &str, name: &str) -> Result<Event, EventError> {
+    let word = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let (name, modifiers) = match name.split_once(':') {
+        Some((name, modifiers)) => (name, parse_modifiers(text, modifiers)?),
+        None => (name, Modifiers::BOTH),
+    };
+    if !word(category) || !word(name) {
+        return Err(EventError::Unknown {
+            name: text.to_owned(),
+            suggestions: Vec::new(),
+        });
+    }
+    Ok(Event {
+        base: format!("{category}:{name}"),
+        kind: EventKind::Tracepoint,
+        config: 0,
+        modifiers,
+    })
+}
+
+/// " (did you mean `x`?)", or nothing without suggestions.
+pub(crate) fn did_you_mean(suggestions: &[String]) -> String {
     match suggestions {
         [] => String::new(),
         [one] => format!(" (did you mean `{one}`?)"),
@@ -606,6 +699,7 @@ fn suggest(base: &str) -> Vec<String> {
         .flat_map(|e| std::iter::once(e.name).chain(e.aliases.iter().copied()))
         .map(str::to_owned)
         .chain(cache_events().into_iter().map(|(name, _)| name))
+        .chain(std::iter::once(OFF_CPU.to_owned()))
         .collect();
     names.dedup();
     let lower = base.to_ascii_lowercase();
@@ -818,6 +912,33 @@ mod tests {
         assert!(err.contains("LLC-load-misses"), "{err}");
         let err = Event::parse("zzzzzz").unwrap_err().to_string();
         assert!(!err.contains("did you mean"), "{err}");
+    }
+
+    /// `category:name` is a tracepoint (its id looked up later), with optional modifiers;
+    /// `off-cpu` is the off-CPU event; a misspelt event with modifiers stays an unknown event.
+    #[test]
+    fn tracepoints_and_off_cpu_parse() {
+        let switch = Event::parse("sched:sched_switch").unwrap();
+        assert_eq!(switch.kind, EventKind::Tracepoint);
+        assert_eq!(switch.tracepoint(), Some(("sched", "sched_switch")));
+        assert_eq!(switch.name(), "sched:sched_switch");
+        assert_eq!(switch.unit(), Unit::Events);
+        assert_eq!(switch.file_name_part(), "sched_sched_switch");
+        let user = Event::parse("syscalls:sys_enter_write:u").unwrap();
+        assert_eq!(user.base, "syscalls:sys_enter_write");
+        assert!(!user.modifiers.kernel);
+        assert!(Event::parse("sched:sched_switch:x").is_err());
+        assert!(Event::parse("sched:../x").is_err());
+        let off = Event::parse("off-cpu").unwrap();
+        assert_eq!(
+            (off.kind, off.unit()),
+            (EventKind::OffCpu, Unit::Nanoseconds)
+        );
+        assert_eq!(off.tracepoint(), Some(SCHED_SWITCH));
+        assert_eq!(Event::parse("off-cpu:u").unwrap().name(), "off-cpu:u");
+        let err = Event::parse("cpu-clok:u").unwrap_err().to_string();
+        assert!(err.contains("did you mean `cpu-clock`"), "{err}");
+        assert!(!switch.kind.is_sampled() && !off.kind.needs_pmu());
     }
 
     /// Lists split on commas; duplicates and empty parts are refused.

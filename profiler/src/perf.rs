@@ -80,26 +80,30 @@ impl perf_event::events::Event for Programmed<'_> {
 
 fn builder(event: &Event) -> Builder<'static> {
     let mut builder = Builder::new(Programmed(event));
-    builder
-        .exclude_user(!event.modifiers.user)
-        .exclude_kernel(!event.modifiers.kernel)
-        .exclude_hv(true);
+    // A tracepoint fires in the kernel; its modifiers choose stacks, not privilege levels.
+    if event.kind.is_sampled() {
+        builder
+            .exclude_user(!event.modifiers.user)
+            .exclude_kernel(!event.modifiers.kernel)
+            .exclude_hv(true);
+    }
     builder
 }
 
 /// Opens `event` as a counting event on the calling process to see whether this machine
-/// supports it. Kernel counting is left out so the probe works without privileges.
+/// supports it. Kernel counting is left out so the probe works without privileges (a
+/// tracepoint, which counts kernel hits, is probed as it will be opened).
 pub fn probe(event: &Event) -> io::Result<()> {
     let mut builder = builder(event);
-    builder
-        .exclude_kernel(true)
-        .exclude_user(false)
-        .observe_self()
-        .any_cpu();
+    if event.kind.is_sampled() {
+        builder.exclude_kernel(true).exclude_user(false);
+    }
+    builder.observe_self().any_cpu();
     builder.build().map(drop)
 }
 
-/// A sampling perf event on one CPU, for all processes, opened disabled.
+/// A perf event a BPF program is linked to, for all processes, opened disabled: a sampling
+/// event on one CPU, or a tracepoint event.
 #[derive(Debug)]
 pub struct SamplingEvent {
     counter: Counter,
@@ -111,12 +115,23 @@ impl SamplingEvent {
     /// Opens `event` on `cpu` for every process. It stays disabled until
     /// [`SamplingEvent::enable`].
     pub fn open(event: &Event, sampling: Sampling, cpu: u32) -> Result<SamplingEvent, PerfError> {
+        SamplingEvent::open_with(event, cpu, |builder| {
+            match sampling {
+                Sampling::Frequency(hz) => builder.sample_frequency(hz),
+                Sampling::Period(period) => builder.sample_period(period),
+            };
+        })
+    }
+
+    /// Opens `event` on `cpu` for every process, disabled, with `configure` applied.
+    fn open_with(
+        event: &Event,
+        cpu: u32,
+        configure: impl FnOnce(&mut Builder<'static>),
+    ) -> Result<SamplingEvent, PerfError> {
         let mut builder = builder(event);
         builder.any_pid().one_cpu(cpu as usize).enabled(false);
-        match sampling {
-            Sampling::Frequency(hz) => builder.sample_frequency(hz),
-            Sampling::Period(period) => builder.sample_period(period),
-        };
+        configure(&mut builder);
         let counter = builder.build().map_err(|source| PerfError::Open {
             event: event.name(),
             cpu,
@@ -127,6 +142,15 @@ impl SamplingEvent {
             cpu,
             name: event.name(),
         })
+    }
+
+    /// Opens tracepoint `event` (its id looked up) as a counting event on `cpu` for every
+    /// process, disabled. The programs linked to it run on every hit on any CPU: the kernel
+    /// keeps them in the tracepoint's run array, not in the event. Its modifiers only choose
+    /// the stacks the program takes.
+    pub fn open_tracepoint(event: &Event, cpu: u32) -> Result<SamplingEvent, PerfError> {
+        debug_assert!(!event.kind.is_sampled() && event.config != 0);
+        SamplingEvent::open_with(event, cpu, |_| {})
     }
 
     /// The CPU this event samples.

@@ -132,7 +132,26 @@ pub struct TimedEvent {
     pub event: ProcessEvent,
 }
 
+/// How many images from before exec a process keeps: enough for a shell that execs a
+/// program that execs another, bounded for a long-running agent.
+pub const IMAGES_BEFORE_EXEC: usize = 4;
+
+/// What a process ran before an exec replaced it: its name and executable mappings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    /// The process name then.
+    pub comm: Option<String>,
+    /// Executable mappings then, sorted by start.
+    pub mappings: Vec<Mapping>,
+}
+
 /// One process as the table knows it.
+///
+/// The kernel counts a process's samples under its pid for the whole recording, across
+/// exec: a child forked by `sh` is sampled in `sh`'s code (returning from fork, calling
+/// execve, in the kernel while execve runs) before it is sampled in the program it execs.
+/// So the images the process had before each exec are kept too, and a stack is resolved
+/// in the image that maps it (see [`Process::image_for`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Process {
     /// The process name (the main thread's comm).
@@ -141,13 +160,58 @@ pub struct Process {
     pub mappings: Vec<Mapping>,
     /// Whether the process exited during the recording.
     pub exited: bool,
+    /// What it was before each exec during the recording, newest first, at most
+    /// [`IMAGES_BEFORE_EXEC`].
+    pub before_exec: Vec<Image>,
+}
+
+/// The mapping of `mappings` (sorted by start) that contains `addr`.
+fn mapping_in(mappings: &[Mapping], addr: u64) -> Option<&Mapping> {
+    let index = mappings.partition_point(|m| m.end <= addr);
+    mappings.get(index).filter(|m| m.start <= addr)
 }
 
 impl Process {
-    /// The mapping that contains `addr`.
+    /// The mapping that contains `addr`, in the current image.
     pub fn mapping_of(&self, addr: u64) -> Option<&Mapping> {
-        let index = self.mappings.partition_point(|m| m.end <= addr);
-        self.mappings.get(index).filter(|m| m.start <= addr)
+        mapping_in(&self.mappings, addr)
+    }
+
+    /// How many images the process is known by: the current one, then those before exec.
+    pub fn image_count(&self) -> usize {
+        1 + self.before_exec.len()
+    }
+
+    /// The name of image `image` (0: the current one, then newest first before exec).
+    pub fn comm_in(&self, image: usize) -> Option<&str> {
+        match image {
+            0 => self.comm.as_deref(),
+            n => self.before_exec.get(n - 1)?.comm.as_deref(),
+        }
+    }
+
+    /// The mapping that contains `addr` in image `image`.
+    pub fn mapping_in(&self, image: usize, addr: u64) -> Option<&Mapping> {
+        match image {
+            0 => self.mapping_of(addr),
+            n => mapping_in(&self.before_exec.get(n - 1)?.mappings, addr),
+        }
+    }
+
+    /// The image a stack of these addresses was taken in: the one that maps most of them,
+    /// the newest on a tie (so 0 when the process never exec'd, or when nothing maps).
+    pub fn image_for(&self, addrs: &[u64]) -> usize {
+        let mut best = (0, 0);
+        for image in 0..self.image_count() {
+            let mapped = addrs
+                .iter()
+                .filter(|&&addr| self.mapping_in(image, addr).is_some())
+                .count();
+            if mapped > best.1 {
+                best = (image, mapped);
+            }
+        }
+        best.0
     }
 
     fn insert(&mut self, new: Mapping) {
@@ -229,10 +293,14 @@ impl ProcessTable {
                 if pid != tid || pid == ppid {
                     return; // a new thread of an existing process
                 }
+                // The child starts as a copy of what its parent runs now; what the parent
+                // ran before its own exec was never the child's.
                 let child = match self.processes.get(&ppid) {
                     Some(parent) => Process {
+                        comm: parent.comm.clone(),
+                        mappings: parent.mappings.clone(),
                         exited: false,
-                        ..parent.clone()
+                        before_exec: Vec::new(),
                     },
                     None => Process::default(),
                 };
@@ -246,8 +314,14 @@ impl ProcessTable {
             } => {
                 let process = self.processes.entry(pid).or_default();
                 if exec {
-                    process.mappings.clear();
-                    process.comm = Some(comm);
+                    let before = Image {
+                        comm: process.comm.replace(comm),
+                        mappings: std::mem::take(&mut process.mappings),
+                    };
+                    if !before.mappings.is_empty() {
+                        process.before_exec.insert(0, before);
+                        process.before_exec.truncate(IMAGES_BEFORE_EXEC);
+                    }
                 } else if pid == tid {
                     process.comm = Some(comm);
                 }
@@ -308,6 +382,15 @@ pub fn snapshot(pid: u32) -> Option<ProcessEvent> {
 pub fn tgid_of(pid: u32) -> Option<u32> {
     let status = ProcProcess::new(pid as i32).ok()?.status().ok()?;
     u32::try_from(status.tgid).ok()
+}
+
+/// Whether process `pid` is gone or has exited: a zombie (its parent has not reaped it yet)
+/// runs no code, though it stays in `/proc`.
+pub fn has_exited(pid: u32) -> bool {
+    match ProcProcess::new(pid as i32).and_then(|p| p.stat()) {
+        Ok(stat) => matches!(stat.state, 'Z' | 'X' | 'x'),
+        Err(_) => true,
+    }
 }
 
 /// Snapshots every process in `/proc`.
@@ -528,6 +611,91 @@ mod tests {
         done.send(()).unwrap();
         thread.join().unwrap();
         assert_eq!(tgid_of(u32::MAX - 1), None);
+    }
+
+    /// A running process has not exited; a zombie (exited, not yet reaped) and a pid that
+    /// is gone have.
+    #[test]
+    fn zombies_have_exited() {
+        assert!(!has_exited(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped until wait(): it stays a zombie once it has run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "`true` never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "a zombie is in /proc"
+        );
+        child.wait().unwrap();
+        assert!(has_exited(u32::MAX - 1));
+    }
+
+    /// A child that exec'd keeps what it ran before: a stack of addresses from its parent's
+    /// image resolves there, under the parent's name, and a stack of the new program in the
+    /// new image; the images before exec are bounded.
+    #[test]
+    fn exec_keeps_the_image_before() {
+        let mut table = ProcessTable::default();
+        table.apply(ProcessEvent::Snapshot {
+            pid: 10,
+            comm: "forker".into(),
+            mappings: vec![mapping(0x1000, 0x2000, 0, "/usr/bin/forker")],
+        });
+        table.apply(ProcessEvent::Fork {
+            pid: 11,
+            ppid: 10,
+            tid: 11,
+        });
+        table.apply(ProcessEvent::Comm {
+            pid: 11,
+            tid: 11,
+            comm: "true".into(),
+            exec: true,
+        });
+        table.apply(ProcessEvent::Mmap {
+            pid: 11,
+            mapping: mapping(0x5000, 0x6000, 0, "/usr/bin/true"),
+        });
+        let child = table.get(11).unwrap();
+        assert_eq!(child.image_count(), 2);
+        assert_eq!(child.image_for(&[0x5100, 0x5200]), 0);
+        assert_eq!(child.image_for(&[0x1100, 0x1200]), 1);
+        assert_eq!(
+            child.image_for(&[0x9999]),
+            0,
+            "nothing maps it: the current image"
+        );
+        assert_eq!(child.comm_in(1), Some("forker"));
+        assert_eq!(child.comm_in(0), Some("true"));
+        assert_eq!(
+            child.mapping_in(1, 0x1100).unwrap().backing,
+            file("/usr/bin/forker")
+        );
+        assert!(child.mapping_of(0x1100).is_none());
+        // A grandchild starts from the child's current image only.
+        table.apply(ProcessEvent::Fork {
+            pid: 12,
+            ppid: 11,
+            tid: 12,
+        });
+        assert_eq!(table.get(12).unwrap().image_count(), 1);
+        for n in 0..10 {
+            table.apply(ProcessEvent::Comm {
+                pid: 11,
+                tid: 11,
+                comm: format!("again{n}"),
+                exec: true,
+            });
+            table.apply(ProcessEvent::Mmap {
+                pid: 11,
+                mapping: mapping(0x5000, 0x6000, 0, "/usr/bin/again"),
+            });
+        }
+        assert_eq!(table.get(11).unwrap().image_count(), 1 + IMAGES_BEFORE_EXEC);
     }
 
     /// Side-band names classify as files, the vDSO, or anonymous memory.

@@ -42,10 +42,28 @@ pub struct Value {
     pub period: u64,
 }
 
+/// The largest total an event may have: pprof stores values as int64, so a profile whose
+/// totals go past this could not be written back as pprof. The readers refuse such files.
+pub const MAX_TOTAL: u64 = i64::MAX as u64;
+
+impl Value {
+    /// The sum, unless either count goes past [`MAX_TOTAL`].
+    pub fn checked_add(self, other: Value) -> Option<Value> {
+        let sum = |a: u64, b: u64| a.checked_add(b).filter(|&n| n <= MAX_TOTAL);
+        Some(Value {
+            samples: sum(self.samples, other.samples)?,
+            period: sum(self.period, other.period)?,
+        })
+    }
+}
+
+/// Sums saturate rather than wrap: the readers refuse profiles whose totals pass
+/// [`MAX_TOTAL`], so a saturated sum is only reached by hand-built profiles, and it still
+/// never shows a share above 100%.
 impl AddAssign for Value {
     fn add_assign(&mut self, other: Value) {
-        self.samples += other.samples;
-        self.period += other.period;
+        self.samples = self.samples.saturating_add(other.samples);
+        self.period = self.period.saturating_add(other.period);
     }
 }
 
@@ -253,9 +271,22 @@ pub struct Losses {
     pub no_stack: u64,
     /// Samples dropped because the counts map was full (not in the profile).
     pub map_full: u64,
+    /// Off-CPU: blocks shorter than `--off-cpu-min-us`, left out as asked (not in the
+    /// profile, not counted as lost).
+    pub blocks_short: u64,
+    /// Off-CPU: blocks forgotten because more threads were blocked at once than the kernel's
+    /// map of blocked threads holds (not in the profile).
+    pub blocks_dropped: u64,
     /// Samples whose user stack was walked with the unwind tables and stopped early (kept,
     /// with the frames walked so far).
     pub unwind: UnwindStops,
+}
+
+impl Losses {
+    /// Samples whose stack is missing or which were dropped.
+    pub fn lost(&self) -> u64 {
+        self.stack_map_full + self.no_stack + self.map_full + self.blocks_dropped
+    }
 }
 
 impl AddAssign for Losses {
@@ -264,14 +295,9 @@ impl AddAssign for Losses {
         self.stack_map_full += other.stack_map_full;
         self.no_stack += other.no_stack;
         self.map_full += other.map_full;
+        self.blocks_short += other.blocks_short;
+        self.blocks_dropped += other.blocks_dropped;
         self.unwind += other.unwind;
-    }
-}
-
-impl Losses {
-    /// Samples whose stack is missing or which were dropped.
-    pub fn lost(&self) -> u64 {
-        self.stack_map_full + self.no_stack + self.map_full
     }
 }
 
@@ -359,7 +385,8 @@ impl Location {
     }
 
     /// The frame names of this location, outermost first: one per line (kernel ones with
-    /// `_[k]`), or `[unknown]`. `;` is replaced, as it separates frames in folded stacks.
+    /// `_[k]`), or `[unknown]` (also for a line whose function has no name). `;` and line
+    /// breaks are replaced, as they separate frames and stacks in folded stacks.
     pub fn frame_names(&self) -> Vec<Cow<'_, str>> {
         if self.lines.is_empty() {
             return vec![Cow::Borrowed(UNKNOWN_FRAME)];
@@ -368,10 +395,20 @@ impl Location {
             .iter()
             .map(|line| {
                 let name = &*line.function;
-                if !self.kernel && !name.contains(';') {
+                // A name of nothing (pprof allows it) would be an empty frame, which folded
+                // stacks cannot hold.
+                if name.trim().is_empty() {
+                    return Cow::Borrowed(UNKNOWN_FRAME);
+                }
+                let plain = !name.contains([';', '\n', '\r']);
+                if !self.kernel && plain {
                     return Cow::Borrowed(name);
                 }
-                let mut text = name.replace(';', ":");
+                let mut text = if plain {
+                    name.to_owned()
+                } else {
+                    name.replace(';', ":").replace(['\n', '\r'], " ")
+                };
                 if self.kernel {
                     text.push_str(KERNEL_SUFFIX);
                 }
@@ -556,6 +593,26 @@ pub struct Profile {
     pub sampling_cost: Option<SamplingCost>,
     /// What the unwind tables held, when user stacks were walked with them.
     pub unwind_tables: Option<UnwindTables>,
+    /// What the tracepoint and off-CPU programs cost, for those that ran.
+    pub tracing_costs: Vec<TracingCost>,
+}
+
+/// Which program a [`TracingCost`] is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracingProgram {
+    /// The program of tracepoint events: one run per hit.
+    Tracepoint,
+    /// The off-CPU program: one run per context switch.
+    OffCpu,
+}
+
+/// What a tracepoint program cost while recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracingCost {
+    /// The program.
+    pub program: TracingProgram,
+    /// Its run time and runs, over the recording's CPUs.
+    pub cost: SamplingCost,
 }
 
 /// What the unwind tables held at the end of a recording.
@@ -642,6 +699,37 @@ impl Profile {
         self.events.iter().position(|e| e.name == name)
     }
 
+    /// Events `indices` added up into one event called `name`: every stack gets the sum of
+    /// what it got in each, and the losses add up. The stacks of one recording share their
+    /// locations and labels, so the same stack in two events is one stack of the sum. That is
+    /// how `cpu-clock+off-cpu` shows all of a thread's time, running and blocked, in one
+    /// graph. The events must count the same unit.
+    pub fn sum_events(&self, indices: &[usize], name: String) -> Result<EventProfile, String> {
+        let first = &self.events[indices[0]];
+        let mut sum = EventProfile::new(name, first.unit);
+        for &index in indices {
+            let event = &self.events[index];
+            if event.unit != first.unit {
+                return Err(format!(
+                    "cannot add `{}` ({}) to `{}` ({}): a sum needs events of one unit, \
+                     e.g. cpu-clock+off-cpu",
+                    event.name,
+                    event.unit.as_str(),
+                    first.name,
+                    first.unit.as_str()
+                ));
+            }
+            for (stack, value) in &event.stacks {
+                sum.add(stack.clone(), *value);
+            }
+            sum.losses += event.losses;
+            for (reason, samples) in &event.unknown {
+                *sum.unknown.entry(*reason).or_default() += samples;
+            }
+        }
+        Ok(sum)
+    }
+
     /// Functions of event `event` ranked by self share of the estimated count (ties by
     /// name), with their total share. A stack with no location has no function to blame.
     pub fn function_shares(&self, event: usize) -> Vec<FunctionShare> {
@@ -693,6 +781,33 @@ impl Profile {
             .map(|share| (share.name, share.self_share))
             .collect()
     }
+
+    /// The `n` user functions that hold the largest share of event `event` as the innermost
+    /// user frame of their stacks, largest first (ties by name). For off-CPU time, whose
+    /// stacks all end in the scheduler, that is where in the program threads blocked.
+    pub fn hottest_user_leaves(&self, event: usize, n: usize) -> Vec<(String, f64)> {
+        let profile = &self.events[event];
+        let total = profile.total().period.max(1) as f64;
+        let mut shares: HashMap<String, u64> = HashMap::default();
+        for (stack, value) in &profile.stacks {
+            let leaf = stack
+                .locations
+                .iter()
+                .rev()
+                .map(|&id| self.locations.get(id))
+                .find(|location| !location.kernel);
+            if let Some(leaf) = leaf {
+                *shares.entry(leaf.leaf_name().into_owned()).or_default() += value.period;
+            }
+        }
+        let mut ranked: Vec<(String, f64)> = shares
+            .into_iter()
+            .map(|(name, period)| (name, period as f64 / total))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(n);
+        ranked
+    }
 }
 
 #[cfg(test)]
@@ -732,6 +847,48 @@ mod tests {
         let other = shares.iter().find(|s| s.name == "other").unwrap();
         assert_eq!(other.total_share, 0.1);
         assert_eq!(profile.events[0].total(), value(10, 1000));
+    }
+
+    /// A sum of two events adds each stack's values, shares the stacks both have, adds the
+    /// losses, and refuses events of different units.
+    #[test]
+    fn sums_of_events() {
+        let mut profile = Profile {
+            events: vec![
+                EventProfile::new("cpu-clock".into(), Unit::Nanoseconds),
+                EventProfile::new("off-cpu".into(), Unit::Nanoseconds),
+                EventProfile::new("page-faults".into(), Unit::Events),
+            ],
+            ..Profile::default()
+        };
+        profile.add_named(0, Labels::default(), &["main", "work"], value(3, 30));
+        profile.add_named(0, Labels::default(), &["main", "wait"], value(1, 10));
+        profile.add_named(1, Labels::default(), &["main", "wait"], value(2, 500));
+        profile.events[1].losses.blocks_dropped = 4;
+        let wall = profile
+            .sum_events(&[0, 1], "cpu-clock+off-cpu".into())
+            .unwrap();
+        assert_eq!(wall.name, "cpu-clock+off-cpu");
+        assert_eq!(wall.stacks.len(), 2);
+        assert_eq!(wall.total(), value(6, 540));
+        assert_eq!(wall.losses.blocks_dropped, 4);
+        assert_eq!(wall.losses.lost(), 4);
+        let err = profile.sum_events(&[0, 2], "x".into()).unwrap_err();
+        assert!(err.contains("one unit"), "{err}");
+    }
+
+    /// The innermost user frame of each stack ranks user functions, past the kernel's frames.
+    #[test]
+    fn user_leaves_skip_kernel_frames() {
+        let mut profile = one_event("off-cpu", Unit::Nanoseconds);
+        let frames = ["main", "wait", "read_[k]", "schedule_[k]"];
+        profile.add_named(0, Labels::default(), &frames, value(1, 300));
+        profile.add_named(0, Labels::default(), &["main", "nap_[k]"], value(1, 100));
+        profile.add_named(0, Labels::default(), &["idle_[k]"], value(1, 100));
+        assert_eq!(
+            profile.hottest_user_leaves(0, 5),
+            [("wait".to_owned(), 0.6), ("main".to_owned(), 0.2)]
+        );
     }
 
     /// Adding the same names again accumulates into one stack: locations and labels are
@@ -785,6 +942,11 @@ mod tests {
         assert_eq!(location.frame_names(), ["outer", "inlined"]);
         assert_eq!(location.leaf_name(), "inlined");
         assert_eq!(Location::unknown().frame_names(), [UNKNOWN_FRAME]);
+        let odd = Location {
+            lines: vec![line(""), line(" "), line("a;b\nc")],
+            ..location.clone()
+        };
+        assert_eq!(odd.frame_names(), [UNKNOWN_FRAME, UNKNOWN_FRAME, "a:b c"]);
         assert_eq!(Location::named(UNKNOWN_FRAME), Location::unknown());
         assert_eq!(UnknownReason::from_key("vdso"), Some(UnknownReason::Vdso));
         for reason in UnknownReason::ALL {

@@ -1,11 +1,14 @@
 //! The setup that `prof record` and `prof agent` share, in the order it must happen:
 //!
-//! 1. [`plan`]: check the request against this machine before anything is attached (events
-//!    probed, the sampling rate against the kernel's limit, the CPUs online);
+//! 1. [`plan`]: check the request against this machine before anything is attached (the ids
+//!    of tracepoint events looked up in tracefs, events probed, the sampling rate against the
+//!    kernel's limit, the CPUs online);
 //! 2. [`start_side_band`]: the side band, first, so that no fork, exec or mmap of a target is
 //!    missed (a command is started only after this);
 //! 3. [`attach`]: the BPF object loaded with its maps sized, the target set filled and kept
-//!    current, and the sampling program linked to every (CPU, event), still disabled;
+//!    current, the sampling program linked to every (CPU, sampling event), still disabled,
+//!    and the tracepoint and off-CPU programs linked once to their tracepoints (those run
+//!    from then on: a tracepoint's programs do not wait for its perf event to be enabled);
 //! 4. [`start_unwinder`]: with unwind tables, the thread that builds them and follows every
 //!    process's mappings through the side band;
 //! 5. [`BpfProfiler::enable`], by the caller, once it is ready for samples.
@@ -16,12 +19,13 @@
 use crossbeam_channel::Receiver;
 use thiserror::Error;
 
-use crate::bpf::{BpfConfig, BpfError, BpfProfiler};
+use crate::bpf::{BpfConfig, BpfError, BpfProfiler, CpuMask};
 use crate::cpus::{self, CpuError};
-use crate::events::{self, Event, EventError};
+use crate::events::{self, Event, EventError, EventKind};
 use crate::perf::{self, PerfError, Sampling};
 use crate::procs::TimedEvent;
 use crate::sideband::SideBandReader;
+use crate::tracefs::{Tracefs, TracefsError};
 use crate::unwind::{Interest, Unwinder};
 
 /// Why a recording cannot start as asked.
@@ -30,6 +34,12 @@ pub enum SessionError {
     /// An event cannot be recorded here.
     #[error(transparent)]
     Event(#[from] EventError),
+    /// A tracepoint event's id could not be looked up.
+    #[error(transparent)]
+    Tracepoint(TracefsError),
+    /// The off-CPU event's tracepoint could not be looked up.
+    #[error("--off-cpu needs the sched:sched_switch tracepoint")]
+    OffCpu(#[source] TracefsError),
     /// The CPU list is bad or names an offline CPU.
     #[error(transparent)]
     Cpu(#[from] CpuError),
@@ -66,7 +76,9 @@ pub fn plan(
     sampling: Sampling,
     cpus: Option<&str>,
 ) -> Result<Plan, SessionError> {
-    let resolved = events::resolve(requested, perf::probe)?;
+    let mut requested = requested.to_vec();
+    look_up_tracepoints(&mut requested)?;
+    let resolved = events::resolve(&requested, perf::probe)?;
     check_sample_rate(sampling)?;
     let cpus = cpus::select(cpus)?;
     Ok(Plan {
@@ -75,6 +87,27 @@ pub fn plan(
         sampling,
         cpus,
     })
+}
+
+/// Sets the tracepoint id of every tracepoint and off-CPU event, read from tracefs (mounted
+/// privately for the look-up if it is not mounted).
+fn look_up_tracepoints(events: &mut [Event]) -> Result<(), SessionError> {
+    let mut tracefs: Option<Tracefs> = None;
+    for event in events.iter_mut() {
+        let Some((category, name)) = event.tracepoint() else {
+            continue;
+        };
+        let wrap = |err| match event.kind {
+            EventKind::OffCpu => SessionError::OffCpu(err),
+            _ => SessionError::Tracepoint(err),
+        };
+        let fs = match &tracefs {
+            Some(fs) => fs,
+            None => tracefs.insert(Tracefs::open().map_err(wrap)?),
+        };
+        event.config = fs.id(category, name).map_err(wrap)?;
+    }
+    Ok(())
 }
 
 /// `-F` above `kernel.perf_event_max_sample_rate` is refused by the kernel with a bare
@@ -143,16 +176,37 @@ pub fn start_unwinder(
 }
 
 /// Loads the BPF object with `config`, fills the target set with `targets` and follows
-/// their forks (when `config` filters by tgid), and links the sampling program to every
-/// (CPU, event) of the plan. Nothing is sampled until [`BpfProfiler::enable`].
+/// their forks (when `config` filters by tgid), links the sampling program to every (CPU,
+/// sampling event) of the plan, and the tracepoint and off-CPU programs once to their
+/// tracepoints. The plan decides the CPUs the tracepoint programs count on and their period
+/// (`-c N` counts one hit in N). Nothing is sampled until [`BpfProfiler::enable`], but the
+/// tracepoint programs run once linked (they count targets only, and a command is released
+/// after this).
 pub fn attach(plan: &Plan, config: &BpfConfig, targets: &[u32]) -> Result<BpfProfiler, BpfError> {
-    let mut bpf = BpfProfiler::load(config)?;
+    let off_cpu = plan.events.iter().any(|e| e.kind == EventKind::OffCpu);
+    let config = BpfConfig {
+        tracepoint_period: match plan.sampling {
+            Sampling::Period(period) => period,
+            Sampling::Frequency(_) => 1,
+        },
+        cpus: CpuMask::of(&plan.cpus),
+        // The map of blocked threads is preallocated: keep it tiny when unused.
+        off_cpu_tasks: if off_cpu { config.off_cpu_tasks } else { 1 },
+        ..*config
+    };
+    let mut bpf = BpfProfiler::load(&config)?;
     if config.filter_tgids {
         bpf.add_targets(targets)?;
         bpf.follow_forks()?;
     }
+    // Any CPU of the recording will do: a tracepoint's programs run on every CPU.
+    let first_cpu = plan.cpus.first().copied().unwrap_or(0);
     for (index, event) in plan.events.iter().enumerate() {
-        bpf.attach(index, event, plan.sampling, &plan.cpus)?;
+        match event.kind {
+            EventKind::Tracepoint => bpf.attach_tracepoint(index, event, first_cpu)?,
+            EventKind::OffCpu => bpf.attach_off_cpu(index, event, first_cpu)?,
+            _ => bpf.attach(index, event, plan.sampling, &plan.cpus)?,
+        }
     }
     Ok(bpf)
 }

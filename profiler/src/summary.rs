@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::events::Unit;
-use crate::profile::{Profile, SamplingCost, UnwindStop, UnwindTables};
+use crate::profile::{Profile, SamplingCost, TracingProgram, UnwindStop, UnwindTables};
 use crate::text::thousands;
 
 /// How many hottest functions to list.
@@ -31,7 +31,14 @@ pub fn render(profile: &Profile, written: &[(Option<usize>, PathBuf)]) -> String
         render_tables(&mut out, tables);
     }
     if let Some(cost) = &profile.sampling_cost {
-        render_cost(&mut out, cost, profile.duration);
+        render_cost(&mut out, "sampling", "sample", cost, profile.duration);
+    }
+    for tracing in &profile.tracing_costs {
+        let (what, per) = match tracing.program {
+            TracingProgram::Tracepoint => ("tracepoint", "hit"),
+            TracingProgram::OffCpu => ("off-cpu", "context switch"),
+        };
+        render_cost(&mut out, what, per, &tracing.cost, profile.duration);
     }
     if profile.forks_untracked > 0 {
         let _ = writeln!(
@@ -78,10 +85,20 @@ fn render_tables(out: &mut String, tables: &UnwindTables) {
 }
 
 /// "sampling cost: 1,180 ns per sample in the kernel (17,449 samples), 0.41% of 2 CPUs":
-/// the BPF program's mean run time per sample, and its run time over the sampled CPUs' time.
-fn render_cost(out: &mut String, cost: &SamplingCost, wall: Duration) {
+/// a BPF program's mean run time per run (`per`: a sample, a hit, a context switch), and its
+/// run time over the sampled CPUs' time.
+fn render_cost(out: &mut String, what: &str, per: &str, cost: &SamplingCost, wall: Duration) {
+    let plural = |n: u64| {
+        if n == 1 {
+            per.to_owned()
+        } else if per.ends_with('h') {
+            format!("{per}es")
+        } else {
+            format!("{per}s")
+        }
+    };
     let Some(ns) = cost.ns_per_sample() else {
-        let _ = writeln!(out, "sampling cost: no samples taken");
+        let _ = writeln!(out, "{what} cost: no {} taken", plural(2));
         return;
     };
     let share = cost
@@ -93,9 +110,10 @@ fn render_cost(out: &mut String, cost: &SamplingCost, wall: Duration) {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "sampling cost: {} ns per sample in the kernel ({} samples){}",
+        "{what} cost: {} ns per {per} in the kernel ({} {}){}",
         thousands(ns.round() as u64),
         thousands(cost.runs),
+        plural(cost.runs),
         share
     );
 }
@@ -103,15 +121,18 @@ fn render_cost(out: &mut String, cost: &SamplingCost, wall: Duration) {
 fn render_event(out: &mut String, profile: &Profile, index: usize, seconds: f64) {
     let event = &profile.events[index];
     let total = event.total();
+    let off_cpu = event.name.starts_with(crate::events::OFF_CPU);
     let count = match event.unit {
+        Unit::Nanoseconds if off_cpu => format!("{:.3} s off CPU", total.period as f64 / 1e9),
         Unit::Nanoseconds => format!("{:.3} s of CPU time", total.period as f64 / 1e9),
         unit => format!("~{}", unit.describe(total.period)),
     };
     let _ = writeln!(
         out,
-        "{}: {} samples in {:.1} s, {}, {} unique stacks",
+        "{}: {} {} in {:.1} s, {}, {} unique stacks",
         event.name,
         thousands(total.samples),
+        if off_cpu { "blocks" } else { "samples" },
         seconds,
         count,
         thousands(event.stacks.len() as u64)
@@ -135,6 +156,19 @@ fn render_event(out: &mut String, profile: &Profile, index: usize, seconds: f64)
             "{} samples dropped, counts map full (raise --counts-map-size)",
             thousands(losses.map_full)
         ));
+    }
+    if losses.blocks_dropped > 0 {
+        lost.push(format!(
+            "{} blocks dropped, more threads blocked at once than the kernel follows (raise --off-cpu-tasks)",
+            thousands(losses.blocks_dropped)
+        ));
+    }
+    if losses.blocks_short > 0 {
+        let _ = writeln!(
+            out,
+            "  left out: {} blocks shorter than --off-cpu-min-us",
+            thousands(losses.blocks_short)
+        );
     }
     if lost.is_empty() {
         let _ = writeln!(out, "  lost: none");
@@ -170,9 +204,17 @@ fn render_event(out: &mut String, profile: &Profile, index: usize, seconds: f64)
             reasons.join(", ")
         );
     }
-    let hottest = profile.hottest_self(index, HOTTEST);
+    // Off-CPU stacks all end in the scheduler: where they blocked is the user frame below.
+    let (heading, hottest) = if off_cpu {
+        (
+            "blocked in (innermost user frame)",
+            profile.hottest_user_leaves(index, HOTTEST),
+        )
+    } else {
+        ("hottest (self)", profile.hottest_self(index, HOTTEST))
+    };
     if !hottest.is_empty() {
-        let _ = writeln!(out, "  hottest (self):");
+        let _ = writeln!(out, "  {heading}:");
         for (frame, share) in hottest {
             let _ = writeln!(out, "    {:5.1}%  {}", share * 100.0, frame);
         }
@@ -209,7 +251,67 @@ pub fn top_table(profile: &Profile, event: usize, top: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{EventProfile, Labels, UnknownReason, Value};
+    use crate::profile::{EventProfile, Labels, TracingCost, UnknownReason, Value};
+
+    /// The off-CPU event counts blocks and time off CPU, names the flag for dropped blocks,
+    /// says how many short blocks were left out, and the tracing programs' costs get lines
+    /// of their own.
+    #[test]
+    fn off_cpu_lines() {
+        let mut profile = Profile {
+            events: vec![EventProfile::new("off-cpu".into(), Unit::Nanoseconds)],
+            duration: Duration::from_secs(1),
+            tracing_costs: vec![
+                TracingCost {
+                    program: TracingProgram::OffCpu,
+                    cost: SamplingCost {
+                        run_time: Duration::from_millis(2),
+                        runs: 2_000,
+                        cpus: 2,
+                    },
+                },
+                TracingCost {
+                    program: TracingProgram::Tracepoint,
+                    cost: SamplingCost {
+                        run_time: Duration::ZERO,
+                        runs: 1,
+                        cpus: 2,
+                    },
+                },
+            ],
+            ..Profile::default()
+        };
+        let value = Value {
+            samples: 40,
+            period: 400_000_000,
+        };
+        profile.add_named(0, Labels::default(), &["main", "wait"], value);
+        profile.events[0].losses.blocks_dropped = 3;
+        profile.events[0].losses.blocks_short = 9;
+        let text = render(&profile, &[]);
+        assert!(
+            text.contains("off-cpu: 40 blocks in 1.0 s, 0.400 s off CPU, 1 unique stacks"),
+            "{text}"
+        );
+        assert!(text.contains("3 blocks dropped"), "{text}");
+        assert!(
+            text.contains("blocked in (innermost user frame):\n    100.0%  wait"),
+            "{text}"
+        );
+        assert!(text.contains("raise --off-cpu-tasks"), "{text}");
+        assert!(
+            text.contains("left out: 9 blocks shorter than --off-cpu-min-us"),
+            "{text}"
+        );
+        assert!(
+            text.contains("off-cpu cost: 1,000 ns per context switch in the kernel (2,000 context switches), 0.10% of 2 CPUs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tracepoint cost: 0 ns per hit in the kernel (1 hit)"),
+            "{text}"
+        );
+    }
 
     /// The summary names totals, losses with their fixing flags, unknown reasons, the
     /// hottest functions and the paths written.
@@ -258,6 +360,7 @@ mod tests {
         assert!(text.contains("100.0%  hot"), "{text}");
         assert!(text.contains("wrote prof.svg"), "{text}");
         assert!(text.contains("wrote prof.pb.gz (every event)"), "{text}");
+        assert!(!text.contains("off-cpu"), "{text}");
         // 20 ms over 16,000 runs; 20 ms of 2 CPUs × 2 s.
         assert!(
             text.contains(

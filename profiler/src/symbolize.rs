@@ -36,6 +36,9 @@ type Resolution = (u32, Option<UnknownReason>);
 /// The functions at one address, outermost first, or why there are none.
 type Lines = Result<Vec<Line>, UnknownReason>;
 
+/// A mapping's id in the profile, and the file batch its addresses go to (or why none).
+type MappingLookup = (u32, Result<usize, UnknownReason>);
+
 /// Where a user address points.
 #[derive(Clone, Copy, Debug)]
 enum UserLocation {
@@ -178,7 +181,14 @@ impl Symbolizer {
             ..Profile::default()
         };
         let mut strings = Strings::default();
-        let user = self.resolve_user(&drained.samples, processes, &mut profile, &mut strings);
+        let images = images_of(&drained.samples, processes);
+        let user = self.resolve_user(
+            &drained.samples,
+            &images,
+            processes,
+            &mut profile,
+            &mut strings,
+        );
         let kernel = self.resolve_kernel(&drained.samples, &mut profile, &mut strings);
 
         for (event, stats) in profile.events.iter_mut().zip(&drained.stats.events) {
@@ -186,18 +196,20 @@ impl Symbolizer {
             event.losses.stack_map_full = stats.stack_map_full;
             event.losses.no_stack = stats.no_stack;
             event.losses.map_full = stats.map_full;
+            event.losses.blocks_short = stats.blocks_short;
+            event.losses.blocks_dropped = stats.blocks_dropped;
             event.losses.unwind = stats.unwind;
         }
         let unknown = profile.locations.intern(Location::unknown());
-        let mut labels_of: HashMap<u32, u32> = HashMap::default();
-        for sample in &drained.samples {
+        let mut labels_of: HashMap<(u32, usize), u32> = HashMap::default();
+        for (sample, &image) in drained.samples.iter().zip(&images) {
             if sample.event >= profile.events.len() {
                 continue;
             }
-            let labels = *labels_of.entry(sample.tgid).or_insert_with(|| {
+            let labels = *labels_of.entry((sample.tgid, image)).or_insert_with(|| {
                 profile
                     .labels
-                    .intern(labels(sample.tgid, processes, &mut strings))
+                    .intern(labels(sample.tgid, image, processes, &mut strings))
             });
             let depth = sample.user.frames().len() + sample.kernel.frames().len();
             let mut locations = Vec::with_capacity(depth + 1);
@@ -210,7 +222,7 @@ impl Symbolizer {
                 push((unknown, Some(reason)));
             }
             for (depth, &ip) in sample.user.frames().iter().enumerate().rev() {
-                push(user[&(sample.tgid, lookup_address(ip, depth))]);
+                push(user[&(sample.tgid, image, lookup_address(ip, depth))]);
             }
             for (depth, &ip) in sample.kernel.frames().iter().enumerate().rev() {
                 push(kernel[&lookup_address(ip, depth)]);
@@ -231,25 +243,26 @@ impl Symbolizer {
     fn resolve_user(
         &self,
         samples: &[RawSample],
+        images: &[usize],
         processes: &ProcessTable,
         profile: &mut Profile,
         strings: &mut Strings,
-    ) -> HashMap<(u32, u64), Resolution> {
-        // Pass 1: where does each unique (process, address) point?
+    ) -> HashMap<(u32, usize, u64), Resolution> {
+        // Pass 1: where does each unique (process, image, address) point?
         let mut files: Vec<FileBatch> = Vec::new();
-        // By the path to open; and by (process, mapping start), so each is looked up once.
+        // By the path to open; and by (process, image, mapping start), so each is looked
+        // up once.
         let mut file_index: HashMap<Arc<Path>, usize> = HashMap::default();
-        let mut mapping_ids: HashMap<(u32, u64), (u32, Result<usize, UnknownReason>)> =
-            HashMap::default();
+        let mut mapping_ids: HashMap<(u32, usize, u64), MappingLookup> = HashMap::default();
         let mut build_ids: HashMap<Arc<Path>, Option<Arc<str>>> = HashMap::default();
         let mut locator = binaries::Locator::default();
-        let mut locations: HashMap<(u32, u64), UserLocation> = HashMap::default();
+        let mut locations: HashMap<(u32, usize, u64), UserLocation> = HashMap::default();
         let mut jit_processes: BTreeSet<u32> = BTreeSet::new();
-        for sample in samples {
+        for (sample, &image) in samples.iter().zip(images) {
             for (depth, &ip) in sample.user.frames().iter().enumerate() {
                 let addr = lookup_address(ip, depth);
                 let tgid = sample.tgid;
-                locations.entry((tgid, addr)).or_insert_with(|| {
+                locations.entry((tgid, image, addr)).or_insert_with(|| {
                     let Some(process) = processes.get(tgid).filter(|_| processes.knows(tgid))
                     else {
                         return UserLocation::Unknown {
@@ -257,7 +270,7 @@ impl Symbolizer {
                             mapping: None,
                         };
                     };
-                    let Some(mapping) = process.mapping_of(addr) else {
+                    let Some(mapping) = process.mapping_in(image, addr) else {
                         // JIT code in memory the table never saw mapped may still be named
                         // by the process's perf map.
                         jit_processes.insert(tgid);
@@ -266,8 +279,9 @@ impl Symbolizer {
                             otherwise: UnknownReason::Unmapped,
                         };
                     };
-                    let (mapping_id, file) =
-                        *mapping_ids.entry((tgid, mapping.start)).or_insert_with(|| {
+                    let (mapping_id, file) = *mapping_ids
+                        .entry((tgid, image, mapping.start))
+                        .or_insert_with(|| {
                             let mut described = profile_mapping(mapping, self.debug_info, strings);
                             let Backing::File(path) = &mapping.backing else {
                                 let reason = match mapping.backing {
@@ -351,7 +365,7 @@ impl Symbolizer {
 
         locations
             .into_iter()
-            .map(|((tgid, address), location)| {
+            .map(|((tgid, image, address), location)| {
                 let (mapping, lines) = match location {
                     UserLocation::File {
                         file,
@@ -385,7 +399,7 @@ impl Symbolizer {
                     kernel: false,
                 };
                 (
-                    (tgid, address),
+                    (tgid, image, address),
                     (profile.locations.intern(location), reason),
                 )
             })
@@ -638,9 +652,32 @@ fn read_build_id(path: &Path, strings: &mut Strings) -> Option<Arc<str>> {
     }
 }
 
-/// The labels of a process: its pid and name (`swapper` for the idle task).
-fn labels(tgid: u32, processes: &ProcessTable, strings: &mut Strings) -> Labels {
-    let comm = match processes.get(tgid).and_then(|p| p.comm.as_deref()) {
+/// Which image of its process each sample was taken in (see [`procs::Process::image_for`]):
+/// 0, the current one, unless the process exec'd and an earlier image maps more of the
+/// sample's user frames.
+fn images_of(samples: &[RawSample], processes: &ProcessTable) -> Vec<usize> {
+    samples
+        .iter()
+        .map(|sample| match processes.get(sample.tgid) {
+            Some(process) if process.image_count() > 1 => {
+                let addrs: Vec<u64> = sample
+                    .user
+                    .frames()
+                    .iter()
+                    .enumerate()
+                    .map(|(depth, &ip)| lookup_address(ip, depth))
+                    .collect();
+                process.image_for(&addrs)
+            }
+            _ => 0,
+        })
+        .collect()
+}
+
+/// The labels of a process in one of its images: its pid and the name it had then
+/// (`swapper` for the idle task).
+fn labels(tgid: u32, image: usize, processes: &ProcessTable, strings: &mut Strings) -> Labels {
+    let comm = match processes.get(tgid).and_then(|p| p.comm_in(image)) {
         Some(comm) => Some(strings.get(comm)),
         None if tgid == 0 => Some(strings.get("swapper")),
         None => None,
@@ -857,6 +894,61 @@ mod tests {
                 samples: 6,
                 period: 60
             }
+        );
+    }
+
+    /// A process that exec'd during the recording is counted under one pid in the kernel:
+    /// a stack from before its exec resolves in the image it had then, under the name it
+    /// had then, and a stack of the new image under the new name.
+    #[test]
+    fn stacks_from_before_exec_resolve_in_the_old_image() {
+        let (processes, drained, events) = own_marker_samples();
+        let me = std::process::id();
+        let mut processes = processes;
+        processes.apply(ProcessEvent::Comm {
+            pid: me,
+            tid: me,
+            comm: "after-exec".into(),
+            exec: true,
+        });
+        processes.apply(ProcessEvent::Mmap {
+            pid: me,
+            mapping: crate::procs::Mapping {
+                start: 0x10_0000,
+                end: 0x20_0000,
+                file_offset: 0,
+                backing: Backing::File(Arc::from(Path::new("/bin/true"))),
+                build_id: None,
+                file_id: None,
+            },
+        });
+        let profile = Symbolizer::new().symbolize(&drained, &processes, &events);
+        let (stack, _) = profile.events[0]
+            .stacks
+            .iter()
+            .find(|(stack, _)| {
+                profile
+                    .frame_names(stack, false)
+                    .iter()
+                    .any(|f| f.contains("marker_function_for_symbolize_test"))
+            })
+            .expect("the marker resolves in the image before exec");
+        let before = profile.labels.get(stack.labels).comm.clone().unwrap();
+        assert_ne!(&*before, "after-exec");
+        // The address no image maps is unknown under the current name.
+        let unmapped = profile.events[0]
+            .stacks
+            .keys()
+            .find(|stack| {
+                profile.labels.get(stack.labels).pid == Some(me)
+                    && profile
+                        .frame_names(stack, false)
+                        .contains(&UNKNOWN_FRAME.to_owned())
+            })
+            .unwrap();
+        assert_eq!(
+            profile.labels.get(unmapped.labels).comm.as_deref(),
+            Some("after-exec")
         );
     }
 

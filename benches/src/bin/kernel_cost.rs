@@ -23,6 +23,8 @@ use prof::bpf::{BpfConfig, BpfProfiler, enable_run_stats};
 use prof::drain;
 use prof::events;
 use prof::perf::Sampling;
+use prof::procs::{self, TimedEvent};
+use prof::unwind::{self, Interest, Unwinder};
 use prof_benches::{machine, machine_load, median, quantile, workload};
 
 #[derive(Parser, Debug)]
@@ -43,6 +45,18 @@ struct Args {
     /// Only run scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Rounds over all scenarios; each row reports the median round.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+}
+
+/// How user stacks are taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unwind {
+    /// The kernel's frame-pointer walker (`bpf_get_stack`): `--unwind fp`.
+    FramePointers,
+    /// prof's walk of the unwind tables: `--unwind auto`.
+    Tables,
 }
 
 struct Scenario {
@@ -50,6 +64,13 @@ struct Scenario {
     depth: u32,
     mixed: bool,
     events: &'static str,
+    unwind: Unwind,
+}
+
+impl Measured {
+    fn mean(&self) -> f64 {
+        self.run_time_ns as f64 / self.runs.max(1) as f64
+    }
 }
 
 /// What one scenario measured.
@@ -71,49 +92,67 @@ fn main() -> Result<()> {
     let stacks = workload("stacks")?;
     let cpus = prof::cpus::select(None)?;
     let all = "cpu-clock,task-clock,page-faults,context-switches";
+    use Unwind::{FramePointers, Tables};
+    let scenario = |name, depth, mixed, events, unwind| Scenario {
+        name,
+        depth,
+        mixed,
+        events,
+        unwind,
+    };
+    // The stacks workload's user stacks are its recursion plus 4 frames (burn, the thread's
+    // start, clone3 and the recursion's entry): depths 3, 16 and 116 give about 7, 20 and
+    // 120 frames.
     let scenarios = [
-        Scenario {
-            name: "shallow, user stacks",
-            depth: 3,
-            mixed: true,
-            events: "cpu-clock:u",
-        },
-        Scenario {
-            name: "shallow, user+kernel stacks",
-            depth: 3,
-            mixed: true,
-            events: "cpu-clock",
-        },
-        Scenario {
-            name: "deep, user stacks",
-            depth: args.deep,
-            mixed: true,
-            events: "cpu-clock:u",
-        },
-        Scenario {
-            name: "deep, user+kernel stacks",
-            depth: args.deep,
-            mixed: true,
-            events: "cpu-clock",
-        },
-        Scenario {
-            name: "deep, user+kernel, 2 events",
-            depth: args.deep,
-            mixed: true,
-            events: "cpu-clock,task-clock",
-        },
-        Scenario {
-            name: "deep, user+kernel, 4 events",
-            depth: args.deep,
-            mixed: true,
-            events: all,
-        },
-        Scenario {
-            name: "shallow, user only work, user+kernel stacks",
-            depth: 3,
-            mixed: false,
-            events: "cpu-clock",
-        },
+        scenario(
+            "7 user frames, frame pointers",
+            3,
+            false,
+            "cpu-clock:u",
+            FramePointers,
+        ),
+        scenario("7 user frames, tables", 3, false, "cpu-clock:u", Tables),
+        scenario(
+            "20 user frames, frame pointers",
+            16,
+            false,
+            "cpu-clock:u",
+            FramePointers,
+        ),
+        scenario("20 user frames, tables", 16, false, "cpu-clock:u", Tables),
+        scenario(
+            "120 user frames, frame pointers",
+            116,
+            false,
+            "cpu-clock:u",
+            FramePointers,
+        ),
+        scenario("120 user frames, tables", 116, false, "cpu-clock:u", Tables),
+        scenario("shallow, user stacks", 3, true, "cpu-clock:u", Tables),
+        scenario("shallow, user+kernel stacks", 3, true, "cpu-clock", Tables),
+        scenario("deep, user stacks", args.deep, true, "cpu-clock:u", Tables),
+        scenario(
+            "deep, user+kernel stacks",
+            args.deep,
+            true,
+            "cpu-clock",
+            Tables,
+        ),
+        scenario(
+            "deep, user+kernel, 2 events",
+            args.deep,
+            true,
+            "cpu-clock,task-clock",
+            Tables,
+        ),
+        scenario("deep, user+kernel, 4 events", args.deep, true, all, Tables),
+        scenario(
+            "shallow, user only work, user+kernel stacks",
+            3,
+            false,
+            "cpu-clock",
+            Tables,
+        ),
     ];
     println!("machine: {}; {}", machine(), machine_load());
     println!(
@@ -125,16 +164,26 @@ fn main() -> Result<()> {
         "| scenario | events | links | samples/s | mean ns/sample | p50 | p99 | workload's user frames | kernel frames | CPU share |"
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for scenario in &scenarios {
-        if args
-            .only
-            .as_deref()
-            .is_some_and(|only| !scenario.name.contains(only))
-        {
-            continue;
+    let chosen: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|s| {
+            args.only
+                .as_deref()
+                .is_none_or(|only| s.name.contains(only))
+        })
+        .collect();
+    // Rounds interleave the scenarios, so that the VM's speed swings hit all of them.
+    let mut rounds: Vec<Vec<Measured>> = chosen.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.rounds.max(1) {
+        for (index, scenario) in chosen.iter().enumerate() {
+            rounds[index].push(measure(&args, scenario, &stacks, &cpus)?);
         }
-        let measured = measure(&args, scenario, &stacks, &cpus)?;
-        let mean = measured.run_time_ns as f64 / measured.runs.max(1) as f64;
+    }
+    for (scenario, mut measured) in chosen.into_iter().zip(rounds) {
+        // The median round by mean cost.
+        measured.sort_by(|a, b| a.mean().total_cmp(&b.mean()));
+        let measured = &measured[measured.len() / 2];
+        let mean = measured.mean();
         let share = measured.run_time_ns as f64 / (measured.seconds * 1e9 * cpus.len() as f64);
         println!(
             "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}% |",
@@ -174,12 +223,29 @@ fn measure(
     sleep(Duration::from_millis(300));
 
     let mut bpf = BpfProfiler::load(&BpfConfig {
-        filter_tgids: false,
-        stack_storage_size: 32768,
-        counts_map_size: 65536,
-        double_buffer: false,
-        unwind: None,
+        unwind: (scenario.unwind == Unwind::Tables)
+            .then(|| unwind::sizes(unwind::DEFAULT_TABLE_ROWS)),
+        ..BpfConfig::default()
     })?;
+    // With tables, the workload's are built and its mappings written before sampling
+    // starts, as `prof record -p` would have them after its first moments. The side band
+    // is not needed: the workload maps nothing new.
+    let (_events, no_events) = crossbeam_channel::unbounded();
+    let unwinder = bpf.take_unwind_maps().map(|maps| {
+        let pid = child.0.id();
+        let snapshot = procs::snapshot(pid).into_iter().map(|event| TimedEvent {
+            time: procs::monotonic_now(),
+            event,
+        });
+        let unwinder = Unwinder::start(
+            maps,
+            Interest::Targets([pid].into()),
+            snapshot.collect(),
+            no_events,
+        );
+        unwinder.preload(unwind::files::startup_files(stacks));
+        unwinder
+    });
     for (index, event) in events.iter().enumerate() {
         bpf.attach(index, event, Sampling::Frequency(args.frequency), cpus)?;
     }
@@ -203,6 +269,7 @@ fn measure(
     }
     let seconds = started.elapsed().as_secs_f64();
     bpf.detach();
+    drop(unwinder);
     let links = events.len() * cpus.len();
     let drained = drain::drain(&bpf, events.len())?;
     // Frames per sample of the workload only: -a samples everything else too.

@@ -11,6 +11,9 @@
 //! frequency = 19                # samples per second per CPU
 //! window_seconds = 10
 //! debug_info = false            # DWARF inlined functions and lines: more memory
+//! off_cpu = false               # also the `off-cpu` event: nanoseconds threads spend blocked
+//! off_cpu_min_us = 0            # blocks shorter than this are left out
+//! off_cpu_tasks = 16384         # threads followed while blocked
 //!
 //! [http]                        # on by default, on 127.0.0.1:6060
 //! listen = "127.0.0.1:6060"
@@ -71,6 +74,13 @@ pub struct AgentConfig {
     /// Read DWARF for inlined functions and source lines. Off by default: parsed debug
     /// information of large binaries costs tens of MB, against a 50 MB budget.
     pub debug_info: bool,
+    /// Also record off-CPU time, the `off-cpu` event.
+    pub off_cpu: bool,
+    /// Blocks shorter than this many microseconds are left out of off-CPU time.
+    pub off_cpu_min_us: u64,
+    /// Threads the kernel follows while blocked, for off-CPU time.
+    #[serde(deserialize_with = "positive_u32")]
+    pub off_cpu_tasks: u32,
     /// Distinct stacks the kernel stores per window.
     #[serde(deserialize_with = "positive_u32")]
     pub stack_storage_size: u32,
@@ -96,6 +106,9 @@ impl Default for AgentConfig {
             frequency: DEFAULT_FREQUENCY,
             window_seconds: DEFAULT_WINDOW_SECONDS,
             debug_info: false,
+            off_cpu: false,
+            off_cpu_min_us: 0,
+            off_cpu_tasks: crate::bpf::DEFAULT_OFF_CPU_TASKS,
             // At 19 Hz a window holds a few hundred samples per CPU; these leave room for
             // busy machines and higher frequencies (about 8 MB of kernel memory per
             // generation for the stacks).
@@ -110,6 +123,16 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
+    /// The events to record: `events`, and the off-CPU event when `off_cpu` asks for it (once,
+    /// if `events` names it too).
+    pub fn recorded_events(&self) -> Vec<Event> {
+        let mut recorded = self.events.clone();
+        if self.off_cpu && !recorded.iter().any(|e| e.kind == events::EventKind::OffCpu) {
+            recorded.push(Event::off_cpu());
+        }
+        recorded
+    }
+
     /// The window as a duration.
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window_seconds)
@@ -662,6 +685,24 @@ fn label_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>
 mod tests {
     use super::*;
 
+    /// The shipped example config parses, and says what the defaults are: it documents
+    /// every key with its default value.
+    #[test]
+    fn shipped_config_is_the_defaults() {
+        let text = include_str!("../../../dist/agent.toml");
+        let shipped = parse_ok(text);
+        let defaults = AgentConfig::default();
+        assert_eq!(shipped.sampling.unwind, defaults.sampling.unwind);
+        assert_eq!(
+            shipped.sampling.unwind_table_size,
+            defaults.sampling.unwind_table_size
+        );
+        let custom = parse_ok("[sampling]\nunwind = \"fp\"\nunwind_table_size = 1000\n");
+        assert_eq!(custom.sampling.unwind, UnwindMode::Fp);
+        assert_eq!(custom.sampling.unwind_table_size, 1000);
+        assert!(parse_err("[sampling]\nunwind = \"dwarf\"\n").contains("unwind"));
+    }
+
     fn parse_ok(text: &str) -> AgentConfig {
         parse(text, Path::new("agent.toml")).unwrap_or_else(|err| panic!("{err}"))
     }
@@ -674,6 +715,23 @@ mod tests {
 
     /// An empty file gives the documented defaults: 19 Hz cycles in 10-second windows,
     /// HTTP on 127.0.0.1:6060, no push and no directory.
+    /// `off_cpu = true` adds the off-CPU event once, after the listed ones, with its minimum
+    /// block time and map size.
+    #[test]
+    fn off_cpu_keys() {
+        let config: AgentConfig = toml::from_str(
+            "events = [\"cpu-clock\"]\noff_cpu = true\noff_cpu_min_us = 50\noff_cpu_tasks = 99\n",
+        )
+        .unwrap();
+        let names: Vec<String> = config.recorded_events().iter().map(Event::name).collect();
+        assert_eq!(names, ["cpu-clock", "off-cpu"]);
+        assert_eq!((config.off_cpu_min_us, config.off_cpu_tasks), (50, 99));
+        let listed: AgentConfig =
+            toml::from_str("events = [\"off-cpu\"]\noff_cpu = true\n").unwrap();
+        assert_eq!(listed.recorded_events().len(), 1);
+        assert!(toml::from_str::<AgentConfig>("off_cpu_tasks = 0\n").is_err());
+    }
+
     #[test]
     fn defaults() {
         let config = parse_ok("");

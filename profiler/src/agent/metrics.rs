@@ -163,14 +163,20 @@ impl Metrics {
         out.family(
             "prof_agent_lost_samples_total",
             "counter",
-            "Samples whose stack was lost (stack_map_full, no_stack) or that were dropped (counts_map_full).",
+            "Samples whose stack was lost (stack_map_full, no_stack) or that were dropped (counts_map_full; off-CPU: blocks forgotten, task_map_full, or shorter than off_cpu_min_us, below_min_block).",
         );
         for (event, m) in &self.events {
+            let off_cpu = event.starts_with(crate::events::OFF_CPU);
             for (reason, n) in [
                 ("stack_map_full", m.lost.stack_map_full),
                 ("no_stack", m.lost.no_stack),
                 ("counts_map_full", m.lost.map_full),
+                ("task_map_full", m.lost.blocks_dropped),
+                ("below_min_block", m.lost.blocks_short),
             ] {
+                if !off_cpu && matches!(reason, "task_map_full" | "below_min_block") {
+                    continue;
+                }
                 out.sample(
                     "prof_agent_lost_samples_total",
                     &[("event", event), ("reason", reason)],

@@ -22,7 +22,7 @@ pub const STACK_NOT_TAKEN: u64 = 0;
 /// Stack ids below this are errnos, not stacks (`PROF_STACK_ID_MIN`).
 pub const STACK_ID_MIN: u64 = 4096;
 /// Counters per event row in `stats` (`PROF_STAT_COUNT`).
-pub(crate) const STAT_COUNT: u32 = 10;
+pub(crate) const STAT_COUNT: u32 = 12;
 pub(crate) const STAT_SAMPLES: u32 = 0;
 pub(crate) const STAT_STACK_MAP_FULL: u32 = 1;
 pub(crate) const STAT_NO_STACK: u32 = 2;
@@ -33,6 +33,10 @@ pub(crate) const STAT_UNWIND_UNSUPPORTED: u32 = 6;
 pub(crate) const STAT_UNWIND_UNREADABLE: u32 = 7;
 pub(crate) const STAT_UNWIND_FRAME_LIMIT: u32 = 8;
 pub(crate) const STAT_UNWIND_TABLES_FULL: u32 = 9;
+pub(crate) const STAT_BLOCKS_STARTED: u32 = 10;
+pub(crate) const STAT_BLOCKS_SHORT: u32 = 11;
+/// CPUs the tracepoint programs tell apart (`PROF_MAX_CPUS`), the bits of [`CpuMask`].
+pub const MAX_CPUS: usize = 1024;
 /// Row of `stats` for counters not tied to an event (`PROF_GLOBAL_ROW`).
 pub(crate) const GLOBAL_ROW: u32 = MAX_EVENTS as u32;
 pub(crate) const GLOBAL_FORKS_UNTRACKED: u32 = 0;
@@ -68,6 +72,50 @@ pub struct SampleValue {
     pub samples: u64,
     /// Sum of the sample periods: the estimated number of events.
     pub period: u64,
+}
+
+/// Value of the `off_cpu_blocks` map (`struct off_cpu_block`): a thread blocked now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OffCpuBlock {
+    /// What its time off CPU will be counted under: the process, the off-cpu event and the
+    /// stacks taken when it left the CPU.
+    pub key: SampleKey,
+    /// `bpf_ktime_get_ns()` when it left the CPU.
+    pub start: u64,
+    /// The generation of the stack maps that the key's stacks are in.
+    pub generation: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// The CPUs the tracepoint and off-CPU programs count on (`sampled_cpus`), one bit each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuMask(pub [u64; MAX_CPUS / 64]);
+
+impl CpuMask {
+    /// Every CPU.
+    pub const ALL: CpuMask = CpuMask([u64::MAX; MAX_CPUS / 64]);
+
+    /// Just `cpus` (CPUs from [`MAX_CPUS`] on are left out: the programs cannot tell them).
+    pub fn of(cpus: &[u32]) -> CpuMask {
+        let mut mask = [0; MAX_CPUS / 64];
+        for &cpu in cpus.iter().filter(|&&cpu| (cpu as usize) < MAX_CPUS) {
+            mask[cpu as usize / 64] |= 1 << (cpu % 64);
+        }
+        CpuMask(mask)
+    }
+
+    /// Whether `cpu` is in the mask.
+    pub fn contains(&self, cpu: u32) -> bool {
+        (cpu as usize) < MAX_CPUS && self.0[cpu as usize / 64] >> (cpu % 64) & 1 == 1
+    }
+}
+
+impl Default for CpuMask {
+    fn default() -> CpuMask {
+        CpuMask::ALL
+    }
 }
 
 /// One row of an unwind table (`struct unwind_row`): how to find the caller's frame from
@@ -192,6 +240,8 @@ unsafe impl aya::Pod for SampleKey {}
 unsafe impl aya::Pod for SampleValue {}
 // SAFETY: as above (an array of u64).
 unsafe impl aya::Pod for StackTrace {}
+// SAFETY: as above (a SampleKey, a u64 and two u32s: no padding).
+unsafe impl aya::Pod for OffCpuBlock {}
 // SAFETY: as above (checked by the same test).
 unsafe impl aya::Pod for UnwindRow {}
 // SAFETY: as above.
@@ -263,6 +313,7 @@ mod tests {
         );
         expect("max_stack_depth", MAX_STACK_DEPTH as u64);
         expect("max_events", MAX_EVENTS as u64);
+        expect("max_cpus", MAX_CPUS as u64);
         expect("cookie_event_mask", COOKIE_EVENT_MASK);
         expect("cookie_user_stack", COOKIE_USER_STACK);
         expect("cookie_kernel_stack", COOKIE_KERNEL_STACK);
@@ -273,6 +324,15 @@ mod tests {
         expect("stat_stack_map_full", u64::from(STAT_STACK_MAP_FULL));
         expect("stat_no_stack", u64::from(STAT_NO_STACK));
         expect("stat_map_full", u64::from(STAT_MAP_FULL));
+        expect("stat_blocks_started", u64::from(STAT_BLOCKS_STARTED));
+        expect("stat_blocks_short", u64::from(STAT_BLOCKS_SHORT));
+        expect("off_cpu_block_size", size_of::<OffCpuBlock>() as u64);
+        expect("off_cpu_block_key", offset_of!(OffCpuBlock, key) as u64);
+        expect("off_cpu_block_start", offset_of!(OffCpuBlock, start) as u64);
+        expect(
+            "off_cpu_block_generation",
+            offset_of!(OffCpuBlock, generation) as u64,
+        );
         expect("global_forks_untracked", u64::from(GLOBAL_FORKS_UNTRACKED));
         for (name, value) in [
             ("stat_unwind_not_loaded", STAT_UNWIND_NOT_LOADED),
@@ -331,6 +391,19 @@ mod tests {
         ] {
             expect(name, rust as u64);
         }
+    }
+
+    /// A CPU mask holds exactly the CPUs it was made of, across words.
+    #[test]
+    fn cpu_masks() {
+        let mask = CpuMask::of(&[0, 3, 64, 1023, 5000]);
+        for cpu in [0, 3, 64, 1023] {
+            assert!(mask.contains(cpu), "{cpu}");
+        }
+        for cpu in [1, 63, 65, 1022, 5000] {
+            assert!(!mask.contains(cpu), "{cpu}");
+        }
+        assert!(CpuMask::ALL.contains(1023));
     }
 
     /// Cookies carry the event index and the stacks the modifiers ask for.

@@ -10,10 +10,10 @@
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 
 use super::abi::{
-    GLOBAL_FORKS_UNTRACKED, GLOBAL_ROW, STAT_COUNT, STAT_MAP_FULL, STAT_NO_STACK, STAT_SAMPLES,
-    STAT_STACK_MAP_FULL, STAT_UNWIND_FRAME_LIMIT, STAT_UNWIND_NO_TABLE, STAT_UNWIND_NOT_LOADED,
-    STAT_UNWIND_TABLES_FULL, STAT_UNWIND_UNREADABLE, STAT_UNWIND_UNSUPPORTED, SampleKey,
-    SampleValue, StackTrace,
+    GLOBAL_FORKS_UNTRACKED, GLOBAL_ROW, STAT_BLOCKS_SHORT, STAT_BLOCKS_STARTED, STAT_COUNT,
+    STAT_MAP_FULL, STAT_NO_STACK, STAT_SAMPLES, STAT_STACK_MAP_FULL, STAT_UNWIND_FRAME_LIMIT,
+    STAT_UNWIND_NO_TABLE, STAT_UNWIND_NOT_LOADED, STAT_UNWIND_TABLES_FULL, STAT_UNWIND_UNREADABLE,
+    STAT_UNWIND_UNSUPPORTED, SampleKey, SampleValue, StackTrace,
 };
 use super::{BpfError, BpfProfiler, map_err};
 use crate::profile::{UnwindStop, UnwindStops};
@@ -36,7 +36,7 @@ impl Generation {
         }
     }
 
-    fn index(self) -> u32 {
+    pub(super) fn index(self) -> u32 {
         match self {
             Generation::First => 0,
             Generation::Second => 1,
@@ -50,7 +50,7 @@ impl Generation {
         }
     }
 
-    fn stacks_map(self) -> &'static str {
+    pub(super) fn stacks_map(self) -> &'static str {
         match self {
             Generation::First => "stacks_0",
             Generation::Second => "stacks_1",
@@ -69,6 +69,11 @@ pub struct EventStats {
     pub no_stack: u64,
     /// Samples dropped because the counts map was full.
     pub map_full: u64,
+    /// Off-CPU: blocks shorter than `--off-cpu-min-us`, not counted.
+    pub blocks_short: u64,
+    /// Off-CPU: blocks forgotten because more threads were blocked at once than the map of
+    /// blocked threads holds (`--off-cpu-tasks`).
+    pub blocks_dropped: u64,
     /// Samples whose table-driven user-stack walk stopped early, by reason.
     pub unwind: UnwindStops,
 }
@@ -96,6 +101,8 @@ impl KernelStats {
                     stack_map_full: now.stack_map_full.saturating_sub(before.stack_map_full),
                     no_stack: now.no_stack.saturating_sub(before.no_stack),
                     map_full: now.map_full.saturating_sub(before.map_full),
+                    blocks_short: now.blocks_short.saturating_sub(before.blocks_short),
+                    blocks_dropped: now.blocks_dropped.saturating_sub(before.blocks_dropped),
                     unwind: now.unwind.since(&before.unwind),
                 }
             })
@@ -108,8 +115,13 @@ impl KernelStats {
 }
 
 impl BpfProfiler {
-    /// Reads the in-kernel counters of the first `events` events, summed over CPUs.
+    /// Reads the in-kernel counters of the first `events` events, summed over CPUs. The
+    /// off-CPU event's dropped blocks are those recorded that neither ended nor are still
+    /// pending.
     pub fn stats(&self, events: usize) -> Result<KernelStats, BpfError> {
+        // While the programs run, a block that starts or ends between these reads can be
+        // miscounted; once they are detached the count is exact.
+        let pending = self.pending_blocks()?;
         let stats: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.map("stats")).map_err(map_err("stats"))?;
         let read = |row: u32, stat: u32| -> Result<u64, BpfError> {
@@ -120,6 +132,14 @@ impl BpfProfiler {
         };
         let mut result = KernelStats::default();
         for row in 0..events as u32 {
+            let samples = read(row, STAT_SAMPLES)?;
+            let blocks_short = read(row, STAT_BLOCKS_SHORT)?;
+            let blocks_dropped = if self.off_cpu_event == Some(row as usize) {
+                let started = read(row, STAT_BLOCKS_STARTED)?;
+                started.saturating_sub(samples + blocks_short + pending)
+            } else {
+                0
+            };
             let mut unwind = UnwindStops::default();
             for (reason, stat) in [
                 (UnwindStop::NotLoaded, STAT_UNWIND_NOT_LOADED),
@@ -132,10 +152,12 @@ impl BpfProfiler {
                 unwind.set(reason, read(row, stat)?);
             }
             result.events.push(EventStats {
-                samples: read(row, STAT_SAMPLES)?,
+                samples,
                 stack_map_full: read(row, STAT_STACK_MAP_FULL)?,
                 no_stack: read(row, STAT_NO_STACK)?,
                 map_full: read(row, STAT_MAP_FULL)?,
+                blocks_short,
+                blocks_dropped,
                 unwind,
             });
         }

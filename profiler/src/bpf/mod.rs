@@ -4,6 +4,9 @@
 //!
 //! - [`sampling`]: the `perf_event` program, linked to every (CPU, event) perf event with a
 //!   bpf_cookie that says which event fired and which stacks to take;
+//! - [`tracepoint`]: the `tracepoint` program, linked once to each tracepoint event with the
+//!   same kind of cookie;
+//! - [`offcpu`]: the off-CPU program on the scheduler's switch, and the threads blocked now;
 //! - [`targets`]: the raw tracepoints that keep the target set current across fork and exit;
 //! - [`maps`]: reading and clearing what the programs counted, in two generations;
 //! - [`unwind`]: the maps of the table-driven user-stack walk;
@@ -18,12 +21,15 @@
 pub mod abi;
 pub mod cost;
 pub mod maps;
+pub mod offcpu;
 pub mod sampling;
 pub mod sys;
 pub mod targets;
+pub mod tracepoint;
 pub mod unwind;
 
 use std::io;
+use std::time::Duration;
 
 use aya::maps::{Map, MapError};
 use aya::programs::ProgramError;
@@ -33,10 +39,11 @@ use thiserror::Error;
 use crate::perf::PerfError;
 
 pub use abi::{
-    COOKIE_EVENT_MASK, COOKIE_KERNEL_STACK, COOKIE_USER_STACK, MAX_STACK_DEPTH, PROGRAM_OBJECT,
-    STACK_ID_MIN, STACK_NOT_TAKEN, SampleKey, SampleValue, StackTrace, cookie,
+    COOKIE_EVENT_MASK, COOKIE_KERNEL_STACK, COOKIE_USER_STACK, CpuMask, MAX_CPUS, MAX_STACK_DEPTH,
+    OffCpuBlock, PROGRAM_OBJECT, STACK_ID_MIN, STACK_NOT_TAKEN, SampleKey, SampleValue, StackTrace,
+    cookie,
 };
-pub use cost::{RunStats, RunStatsGuard, enable_run_stats};
+pub use cost::{Program, RunStats, RunStatsGuard, enable_run_stats};
 pub use maps::{EventStats, Generation, KernelStats};
 pub use sampling::PerfLink;
 pub use unwind::{UnwindMaps, UnwindSizes};
@@ -53,9 +60,40 @@ pub struct BpfConfig {
     /// Size both generations of the counts and stack maps, so that sampling can go on in one
     /// while the other is drained (the agent). Otherwise only generation 0 is usable.
     pub double_buffer: bool,
+    /// Count one tracepoint hit in this many, with this weight (`-c N`); 1 counts every hit.
+    pub tracepoint_period: u64,
+    /// The CPUs the tracepoint and off-CPU programs count on: they run on whichever CPU the
+    /// tracepoint fires.
+    pub cpus: CpuMask,
+    /// Blocks shorter than this are not counted as off-CPU time (`--off-cpu-min-us`).
+    pub off_cpu_min: Duration,
+    /// Blocked threads the off-CPU program can follow at once (`--off-cpu-tasks`).
+    pub off_cpu_tasks: u32,
     /// Walk user stacks with unwind tables, with maps of these sizes; `None`: frame pointers
     /// only (`--unwind fp`).
     pub unwind: Option<UnwindSizes>,
+}
+
+/// Blocked threads the off-CPU program follows at once by default: about 2 MB of kernel
+/// memory.
+pub const DEFAULT_OFF_CPU_TASKS: u32 = 16384;
+
+impl Default for BpfConfig {
+    /// `prof record`'s map sizes, no target filter, one generation, every tracepoint hit
+    /// counted on every CPU, every block counted, and user stacks walked by frame pointer.
+    fn default() -> BpfConfig {
+        BpfConfig {
+            filter_tgids: false,
+            stack_storage_size: 32768,
+            counts_map_size: 65536,
+            double_buffer: false,
+            tracepoint_period: 1,
+            cpus: CpuMask::ALL,
+            off_cpu_min: Duration::ZERO,
+            off_cpu_tasks: DEFAULT_OFF_CPU_TASKS,
+            unwind: None,
+        }
+    }
 }
 
 /// What went wrong on the BPF side.
@@ -95,6 +133,12 @@ pub enum BpfError {
         /// The errno.
         source: io::Error,
     },
+    /// Off-CPU profiling cannot be set up here.
+    #[error(
+        "--off-cpu: cannot link the off-CPU program to sched:sched_switch (it needs tracepoint \
+         programs with BPF perf links, Linux 5.15 or later)"
+    )]
+    OffCpu(#[source] Box<BpfError>),
     /// Mapping a BPF map into memory failed.
     #[error("mmap of BPF map `{map}` failed")]
     Mmap {
@@ -150,6 +194,8 @@ pub struct BpfProfiler {
     ebpf: Ebpf,
     links: Vec<PerfLink>,
     generation: Generation,
+    /// The index of the off-CPU event, once [`BpfProfiler::attach_off_cpu`] linked it.
+    off_cpu_event: Option<usize>,
     unwind: Option<UnwindMaps>,
 }
 
@@ -159,6 +205,8 @@ impl BpfProfiler {
     /// attach them, only when a recording needs them.
     pub fn load(config: &BpfConfig) -> Result<BpfProfiler, BpfError> {
         let filter = u8::from(config.filter_tgids);
+        let period = config.tracepoint_period.max(1);
+        let off_cpu_min_ns = u64::try_from(config.off_cpu_min.as_nanos()).unwrap_or(u64::MAX);
         // The stack map is preallocated: an unused generation gets one entry, not 35 MB.
         let (second_stacks, second_counts) = if config.double_buffer {
             (config.stack_storage_size, config.counts_map_size)
@@ -174,6 +222,9 @@ impl BpfProfiler {
         });
         let mut ebpf = EbpfLoader::new()
             .override_global("filter_tgids", &filter, true)
+            .override_global("tracepoint_period", &period, true)
+            .override_global("off_cpu_min_ns", &off_cpu_min_ns, true)
+            .override_global("sampled_cpus", &config.cpus.0, true)
             .override_global("unwind_tables", &unwind_tables, true)
             .map_max_entries(unwind::ROWS, sizes.rows)
             .map_max_entries(unwind::FILES, sizes.files)
@@ -184,6 +235,7 @@ impl BpfProfiler {
             .map_max_entries("counts_1", second_counts)
             // The target set is preallocated; without a filter it is never read.
             .map_max_entries("targets", if config.filter_tgids { TARGETS } else { 1 })
+            .map_max_entries("off_cpu_blocks", config.off_cpu_tasks.max(1))
             .load(PROGRAM_OBJECT)?;
         sampling::load(&mut ebpf)?;
         let unwind = match config.unwind {
@@ -199,6 +251,7 @@ impl BpfProfiler {
             ebpf,
             links: Vec::new(),
             generation: Generation::First,
+            off_cpu_event: None,
             unwind,
         })
     }

@@ -1,5 +1,6 @@
 //! The `perf_event` program (`on_sample`): linked to every (CPU, event) sampling event
-//! through a BPF perf link whose bpf_cookie names the event and the stacks to take.
+//! through a BPF perf link whose bpf_cookie names the event and the stacks to take. The
+//! links themselves ([`PerfLink`]) serve the tracepoint programs too.
 //!
 //! In: the events, their sampling rate, the CPUs. Out: [`PerfLink`]s held by the
 //! [`BpfProfiler`] until [`BpfProfiler::detach`].
@@ -15,7 +16,7 @@ use super::{BpfError, BpfProfiler, program_err, sys};
 use crate::events::{Event, MAX_EVENTS};
 use crate::perf::{Sampling, SamplingEvent};
 
-const PROGRAM: &str = "on_sample";
+pub(super) const PROGRAM: &str = "on_sample";
 
 /// Loads the sampling program into the kernel.
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), BpfError> {
@@ -108,7 +109,7 @@ impl BpfProfiler {
         Ok(())
     }
 
-    /// How many (CPU, event) links are attached.
+    /// How many links are attached: one per (CPU, sampling event), one per tracepoint event.
     pub fn link_count(&self) -> usize {
         self.links.len()
     }

@@ -201,8 +201,8 @@ mod tests {
             filter_tgids: false,
             stack_storage_size: 16,
             counts_map_size: 16,
-            double_buffer: false,
             unwind: Some(sizes),
+            ..BpfConfig::default()
         })
         .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::new(err)));
         let mut maps = bpf.take_unwind_maps().expect("asked for tables");

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
+use prof::export::limits::ReadLimits;
 use prof::export::{self, Format, diff, flamegraph, folded, pprof};
 
 use crate::cmd::report::event_index;
+use crate::cmd::{discarded_line, quit_on_signals};
 
 /// A validated `prof diff` request.
 #[derive(Debug)]
@@ -21,6 +23,8 @@ pub struct DiffConfig {
     pub normalize: bool,
     /// `-o` paths.
     pub outputs: Vec<PathBuf>,
+    /// How much of each input to read.
+    pub limits: ReadLimits,
     /// How to draw the graph.
     pub flame: flamegraph::Options,
 }
@@ -38,8 +42,9 @@ pub fn run(config: DiffConfig) -> Result<u8> {
         }
         export::check_writable(path)?;
     }
-    let before = export::read_profile(&config.before)?;
-    let after = export::read_profile(&config.after)?;
+    quit_on_signals(&discarded_line("interrupted", &[], &config.outputs))?;
+    let before = export::read_profile_within(&config.before, &config.limits)?;
+    let after = export::read_profile_within(&config.after, &config.limits)?;
     let (b, a) = match &config.event {
         Some(name) => (event_index(&before, name)?, event_index(&after, name)?),
         None => {
@@ -66,7 +71,12 @@ pub fn run(config: DiffConfig) -> Result<u8> {
     let before_stacks = folded::stacks(&before, b, per_pid);
     let after_stacks = folded::stacks(&after, a, per_pid);
     let event = &after.events[a];
-    for path in &config.outputs {
+    for (index, path) in config.outputs.iter().enumerate() {
+        prof::interrupt::set_message(&discarded_line(
+            "interrupted",
+            &config.outputs[..index],
+            &config.outputs[index..],
+        ));
         export::write_atomic(path, |out| match Format::from_path(path) {
             Ok((Format::Folded, _)) => {
                 for line in diff::lines(&before_stacks, &after_stacks, config.normalize) {
@@ -84,7 +94,7 @@ pub fn run(config: DiffConfig) -> Result<u8> {
                 out,
             ),
         })?;
-        eprintln!("prof: wrote {}", path.display());
+        say!("prof: wrote {}", path.display());
     }
     Ok(0)
 }

@@ -4,26 +4,26 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats, UnwindSizes};
+use prof::bpf::{BpfConfig, BpfError, BpfProfiler, KernelStats, Program, UnwindSizes};
 use prof::events::{self, Event};
 use prof::export::{self, OutputFile, flamegraph};
 use prof::perf::Sampling;
 use prof::procs::{self, ProcessTable, TimedEvent};
-use prof::profile::{Profile, SamplingCost, UnwindTables};
+use prof::profile::{Profile, SamplingCost, TracingCost, TracingProgram, UnwindTables};
 use prof::symbolize::{EventInfo, Symbolizer};
 use prof::text::thousands;
 use prof::unwind::{self, Interest, UnwindStats, Unwinder};
 use prof::workload::{self, Workload};
 use prof::{drain, privilege, session, summary};
 
-use crate::cmd::stop_on_signals;
+use crate::cmd::{discarded_line, stop_on_signals, tell};
 
 /// What to record.
 #[derive(Debug)]
@@ -60,6 +60,10 @@ pub struct RecordConfig {
     pub stack_storage_size: u32,
     /// `--counts-map-size`.
     pub counts_map_size: u32,
+    /// `--off-cpu-min-us`.
+    pub off_cpu_min: Duration,
+    /// `--off-cpu-tasks`.
+    pub off_cpu_tasks: u32,
     /// `--unwind` and `--unwind-table-size`: the unwinder's map sizes; `None` for frame
     /// pointers only.
     pub unwind: Option<UnwindSizes>,
@@ -80,13 +84,17 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     privilege::check("prof record")?;
     let plan = session::plan(&config.events, config.sampling, config.cpus.as_deref())?;
     for warning in &plan.warnings {
-        eprintln!("prof: warning: {warning}");
+        say!("prof: warning: {warning}");
     }
     tracing::debug!(events = ?plan.events.iter().map(Event::name).collect::<Vec<_>>(), sampling = ?config.sampling, "events resolved");
     if let Target::Pids(pids) = &config.target {
         for &pid in pids {
             match procs::tgid_of(pid) {
                 None => bail!("no process with pid {pid}; check the pid with `ps -p {pid}`"),
+                Some(_) if procs::has_exited(pid) => bail!(
+                    "process {pid} has exited (a zombie its parent has not reaped); there is \
+                     nothing left to record"
+                ),
                 Some(tgid) if tgid != pid => {
                     bail!(
                         "{pid} is a thread of process {tgid}; use -p {tgid} (prof samples whole processes)"
@@ -102,8 +110,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         export::check_writable(&file.path)?;
     }
 
-    // Ctrl-C and SIGTERM end the recording; a second one ends prof at once.
+    // Ctrl-C, SIGTERM and SIGHUP end the recording; a second one ends prof at once.
     let stop = stop_on_signals()?;
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    prof::interrupt::set_message(&discarded_line("interrupted again", &[], &paths));
 
     // The side band starts first, so that no fork, exec or mmap of a target is missed.
     let mut side_band = session::start_side_band(&plan, config.unwind.is_some(), true)?;
@@ -136,8 +146,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             filter_tgids: filter,
             stack_storage_size: config.stack_storage_size,
             counts_map_size: config.counts_map_size,
-            double_buffer: false,
+            off_cpu_min: config.off_cpu_min,
+            off_cpu_tasks: config.off_cpu_tasks,
             unwind: config.unwind,
+            ..BpfConfig::default()
         },
         &targets,
     )
@@ -199,17 +211,13 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     )?;
     bpf.detach();
     let duration = started.elapsed();
-    let sampling_cost = match run_stats_guard.map(|_guard| bpf.run_stats()) {
-        Some(Ok(stats)) => Some(SamplingCost {
-            run_time: stats.run_time,
-            runs: stats.runs,
-            cpus: plan.cpus.len(),
-        }),
-        Some(Err(err)) => {
-            tracing::debug!("no sampling cost: {:#}", anyhow::Error::new(err));
-            None
-        }
-        None => None,
+    let (sampling_cost, tracing_costs) = match run_stats_guard {
+        Some(_guard) => program_costs(
+            &bpf,
+            plan.cpus.len(),
+            plan.events.iter().any(|e| e.kind.is_sampled()),
+        ),
+        None => (None, Vec::new()),
     };
     let exit_code = finish_workload(workload, stopped)?;
 
@@ -217,7 +225,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let unwind_tables = match unwinder.map(Unwinder::stop) {
         Some(Ok(stats)) => Some(unwind_tables(&stats)),
         Some(Err(err)) => {
-            eprintln!(
+            say!(
                 "prof: warning: the unwinder failed: {:#}",
                 anyhow::Error::new(err)
             );
@@ -261,6 +269,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         forks_untracked: drained.stats.forks_untracked,
         side_band_lost: log.lost_records,
         sampling_cost,
+        tracing_costs,
         unwind_tables,
         ..Symbolizer::new().symbolize(&drained, &processes, &infos)
     };
@@ -268,8 +277,48 @@ pub fn run(config: RecordConfig) -> Result<u8> {
     let stage = Instant::now();
     let written = write_outputs(&files, &profile, &config.flame)?;
     tracing::debug!(files = written.len(), elapsed = ?stage.elapsed(), "outputs written");
-    eprint!("{}", summary::render(&profile, &written));
+    tell(&summary::render(&profile, &written));
     Ok(exit_code)
+}
+
+/// What each program that ran cost, from BPF run-time statistics: the sampling program's,
+/// and the tracepoint and off-CPU programs'.
+fn program_costs(
+    bpf: &BpfProfiler,
+    cpus: usize,
+    sampled: bool,
+) -> (Option<SamplingCost>, Vec<TracingCost>) {
+    let mut sampling = None;
+    let mut tracing = Vec::new();
+    for program in Program::ALL {
+        let stats = match bpf.program_run_stats(program) {
+            Ok(Some(stats)) => stats,
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::debug!("no cost for {program:?}: {:#}", anyhow::Error::new(err));
+                continue;
+            }
+        };
+        let cost = SamplingCost {
+            run_time: stats.run_time,
+            runs: stats.runs,
+            cpus,
+        };
+        match program {
+            // A recording of tracepoints alone has no sampling program to speak of.
+            Program::Sampling if !sampled => {}
+            Program::Sampling => sampling = Some(cost),
+            Program::Tracepoint => tracing.push(TracingCost {
+                program: TracingProgram::Tracepoint,
+                cost,
+            }),
+            Program::OffCpu => tracing.push(TracingCost {
+                program: TracingProgram::OffCpu,
+                cost,
+            }),
+        }
+    }
+    (sampling, tracing)
 }
 
 /// What the summary says of the unwind tables.
@@ -337,10 +386,7 @@ fn wait_for_stop(
         }
         if watch_pids && last_pid_check.elapsed() >= Duration::from_millis(250) {
             last_pid_check = Instant::now();
-            if !pids
-                .iter()
-                .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            {
+            if pids.iter().all(|&pid| procs::has_exited(pid)) {
                 return Ok(Stop::TargetsGone);
             }
         }
@@ -364,9 +410,7 @@ fn finish_workload(workload: Option<Workload>, stopped: Stop) -> Result<u8> {
                     break status;
                 }
                 if Instant::now() >= deadline {
-                    eprintln!(
-                        "prof: warning: the command ignored SIGTERM for 5 s; not waiting for it"
-                    );
+                    say!("prof: warning: the command ignored SIGTERM for 5 s; not waiting for it");
                     return Ok(1);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -384,14 +428,23 @@ pub fn write_outputs(
 ) -> Result<Vec<(Option<usize>, PathBuf)>> {
     let mut written = Vec::new();
     let mut failures = Vec::new();
-    for file in files {
+    for (index, file) in files.iter().enumerate() {
+        // What a signal that ends prof now discards: this file and the ones after it.
+        let done: Vec<PathBuf> = written
+            .iter()
+            .map(|(_, path): &(_, PathBuf)| path.clone())
+            .collect();
+        let left: Vec<PathBuf> = files[index..].iter().map(|f| f.path.clone()).collect();
+        prof::interrupt::set_message(&discarded_line("interrupted", &done, &left));
         match export::write(file, profile, flame) {
             Ok(()) => written.push((file.event, file.path.clone())),
             Err(err) => failures.push(format!("{:#}", anyhow::Error::new(err))),
         }
     }
+    let done: Vec<PathBuf> = written.iter().map(|(_, path)| path.clone()).collect();
+    prof::interrupt::set_message(&discarded_line("interrupted", &done, &[]));
     if !failures.is_empty() {
-        eprint!("{}", summary::render(profile, &written));
+        tell(&summary::render(profile, &written));
         bail!("{}", failures.join("; "));
     }
     Ok(written)

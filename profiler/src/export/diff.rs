@@ -54,17 +54,7 @@ pub fn write(
     let mut inferno = flamegraph::inferno_options(&options, event, unit)?;
     let before_total: u64 = before.values().sum();
     let after_total: u64 = after.values().sum();
-    inferno.subtitle = Some(format!(
-        "{event} · before: {} · after: {} ({:+.1}%) · {} · red: grew, blue: shrank; width: after",
-        unit.describe(before_total),
-        unit.describe(after_total),
-        100.0 * (after_total as f64 - before_total as f64) / before_total.max(1) as f64,
-        if normalize {
-            "before scaled to the after total"
-        } else {
-            "raw counts"
-        }
-    ));
+    inferno.subtitle = Some(subtitle(event, unit, before_total, after_total, normalize));
     inferno.min_width = options.min_width;
     let lines = lines(before, after, normalize);
     if after_total == 0 {
@@ -73,9 +63,45 @@ pub fn write(
     flamegraph::render(&mut inferno, &lines, out)
 }
 
+/// What the graph compares: both totals, the change, and whether BEFORE was scaled. An
+/// empty BEFORE has no change to state as a share, and nothing to scale.
+fn subtitle(event: &str, unit: Unit, before: u64, after: u64, normalize: bool) -> String {
+    let change = if before == 0 {
+        "all new: before is empty".to_owned()
+    } else {
+        format!(
+            "{:+.1}%",
+            100.0 * (after as f64 - before as f64) / before as f64
+        )
+    };
+    let scale = match (normalize, before) {
+        (true, 0) => "nothing to scale",
+        (true, _) => "before scaled to the after total",
+        (false, _) => "raw counts",
+    };
+    format!(
+        "{event} · before: {} · after: {} ({change}) · {scale} · red: grew, blue: shrank; \
+         width: after",
+        unit.describe(before),
+        unit.describe(after),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The subtitle states the change as a share, or that everything is new when BEFORE is
+    /// empty (not a share of nothing).
+    #[test]
+    fn subtitle_of_an_empty_before() {
+        let text = subtitle("cpu-clock", Unit::Events, 0, 98_098_098, true);
+        assert!(text.contains("(all new: before is empty)"), "{text}");
+        assert!(text.contains("nothing to scale"), "{text}");
+        assert!(!text.contains('%'), "{text}");
+        let text = subtitle("cpu-clock", Unit::Events, 100, 150, true);
+        assert!(text.contains("(+50.0%)"), "{text}");
+    }
 
     fn stacks(lines: &[(&str, u64)]) -> BTreeMap<String, u64> {
         lines.iter().map(|(s, c)| (s.to_string(), *c)).collect()

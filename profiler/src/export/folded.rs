@@ -8,7 +8,8 @@ use std::io::{self, Write};
 use thiserror::Error;
 
 use crate::events::Unit;
-use crate::profile::{EventProfile, Labels, Profile, Value};
+use crate::export::limits::{Budget, LimitError, ReadLimits};
+use crate::profile::{EventProfile, Labels, Profile, UNKNOWN_FRAME, Value};
 
 /// Why text could not be read as folded stacks.
 #[derive(Debug, Error)]
@@ -24,17 +25,45 @@ pub enum FoldedError {
     /// No stacks at all.
     #[error("no folded stacks in it (expected lines of `frame;frame;... count`)")]
     Empty,
+    /// Larger than prof reads.
+    #[error("line {line}: {source}")]
+    Limit {
+        /// 1-based line number.
+        line: usize,
+        /// Which limit.
+        source: LimitError,
+    },
+    /// The counts add up to more than 64 bits hold.
+    #[error(
+        "line {0}: the counts add up to more than 9,223,372,036,854,775,807, the most a pprof \
+         value holds"
+    )]
+    Overflow(usize),
+}
+
+/// Reads folded stacks into a profile of one event called `event`, counting in `unit`,
+/// within the default [`ReadLimits`] (see [`read_within`]).
+pub fn read(text: &str, event: &str, unit: Unit) -> Result<Profile, FoldedError> {
+    read_within(text, event, unit, &ReadLimits::default())
 }
 
 /// Reads folded stacks into a profile of one event called `event`, counting in `unit`.
 /// Every frame becomes a location (kernel ones by their `_[k]` suffix); the first frame is
 /// kept as a frame, as there is no telling whether it names a process. Each line counts as
-/// one sample.
-pub fn read(text: &str, event: &str, unit: Unit) -> Result<Profile, FoldedError> {
+/// one sample. Each frame counts toward `limits`' locations, and a line deeper than its
+/// stack depth is refused.
+pub fn read_within(
+    text: &str,
+    event: &str,
+    unit: Unit,
+    limits: &ReadLimits,
+) -> Result<Profile, FoldedError> {
     let mut profile = Profile {
         events: vec![EventProfile::new(event.to_owned(), unit)],
         ..Profile::default()
     };
+    let mut budget = Budget::new(*limits);
+    let mut total = Value::default();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -46,14 +75,24 @@ pub fn read(text: &str, event: &str, unit: Unit) -> Result<Profile, FoldedError>
         };
         let (stack, count) = line.rsplit_once(' ').ok_or_else(bad)?;
         let count: u64 = count.parse().map_err(|_| bad())?;
-        let frames: Vec<&str> = stack.split(';').filter(|f| !f.is_empty()).collect();
+        let limit = |source| FoldedError::Limit {
+            line: index + 1,
+            source,
+        };
+        let frames = stack.split(';').filter(|f| !f.is_empty());
+        budget.check_depth(frames.clone().count()).map_err(limit)?;
+        let frames: Vec<&str> = frames.collect();
         if frames.is_empty() {
             return Err(bad());
         }
+        budget.spend(frames.len() + 1).map_err(limit)?;
         let value = Value {
             samples: 1,
             period: count,
         };
+        total = total
+            .checked_add(value)
+            .ok_or(FoldedError::Overflow(index + 1))?;
         profile.add_named(0, Labels::default(), &frames, value);
     }
     if profile.events[0].stacks.is_empty() {
@@ -84,8 +123,8 @@ pub fn lines(profile: &Profile, event: usize, per_pid: bool) -> Vec<String> {
 }
 
 /// Event `event`'s stacks as `;`-joined frame names with their estimated counts, sorted by
-/// stack. Stacks whose names are equal (e.g. two processes with one name) are merged, and
-/// stacks with a count of 0 are left out.
+/// stack. Stacks whose names are equal (e.g. two processes with one name) are merged,
+/// stacks with a count of 0 are left out, and a stack with no frame at all is `[unknown]`.
 pub fn stacks(profile: &Profile, event: usize, per_pid: bool) -> BTreeMap<String, u64> {
     // Each location's names, joined once.
     let mut joined: Vec<Option<String>> = vec![None; profile.locations.len()];
@@ -108,6 +147,11 @@ pub fn stacks(profile: &Profile, event: usize, per_pid: bool) -> BTreeMap<String
                 line.push(';');
             }
             line.push_str(names);
+        }
+        // A sample with neither labels nor locations (pprof allows it) still needs a
+        // frame, or the line would be a bare count that no reader takes.
+        if line.is_empty() {
+            line.push_str(UNKNOWN_FRAME);
         }
         lines.push((line, value.period));
     }

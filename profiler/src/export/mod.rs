@@ -7,17 +7,20 @@
 pub mod diff;
 pub mod flamegraph;
 pub mod folded;
+pub mod limits;
 pub mod pprof;
+mod pprof_scan;
 pub mod ratio;
 
 use std::fs::{self, Permissions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::profile::Profile;
+use limits::ReadLimits;
 
 /// An output file format, chosen by the file's extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,18 +130,26 @@ pub enum ReadError {
     NotAProfile(PathBuf),
 }
 
+/// Reads a saved profile within the default [`ReadLimits`] (see [`read_profile_within`]).
+pub fn read_profile(path: &Path) -> Result<Profile, ReadError> {
+    read_profile_within(path, &ReadLimits::default())
+}
+
 /// Reads a saved profile: folded stacks for `.folded` (one event, named after the part of
 /// the file name before `.folded`, e.g. `cpu-clock` for `prof.cpu-clock.folded`), pprof
-/// (gzipped or not) for anything else.
-pub fn read_profile(path: &Path) -> Result<Profile, ReadError> {
+/// (gzipped or not) for anything else. A file larger than `limits` allows is refused with
+/// the flag that raises the limit, before it takes the memory.
+pub fn read_profile_within(path: &Path, limits: &ReadLimits) -> Result<Profile, ReadError> {
     let format = Format::from_path(path).ok().map(|(format, _)| format);
     if format == Some(Format::Svg) {
         return Err(ReadError::NotAProfile(path.to_path_buf()));
     }
-    let bytes = fs::read(path).map_err(|source| ReadError::Io {
+    let io_error = |source| ReadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = fs::File::open(path).map_err(io_error)?;
+    let bytes = limits::read_capped(file, limits.max_input_bytes, false).map_err(io_error)?;
     if format == Some(Format::Folded) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let stem = name[..name.len() - ".folded".len()].trim_end_matches('.');
@@ -152,12 +163,14 @@ pub fn read_profile(path: &Path) -> Result<Profile, ReadError> {
             _ => crate::events::Unit::Events,
         };
         let text = String::from_utf8_lossy(&bytes);
-        return folded::read(&text, event, unit).map_err(|source| ReadError::Folded {
-            path: path.to_path_buf(),
-            source,
+        return folded::read_within(&text, event, unit, limits).map_err(|source| {
+            ReadError::Folded {
+                path: path.to_path_buf(),
+                source,
+            }
         });
     }
-    pprof::decode_bytes(&bytes).map_err(|source| ReadError::Pprof {
+    pprof::decode_bytes_within(&bytes, limits).map_err(|source| ReadError::Pprof {
         path: path.to_path_buf(),
         source,
     })
@@ -227,9 +240,9 @@ pub fn check_writable(path: &Path) -> Result<(), ExportError> {
         Ok(meta) if !meta.is_dir() => return Err(ExportError::NotAFolder(folder)),
         Ok(_) => {}
     }
-    tempfile::Builder::new()
-        .prefix(".prof-check-")
-        .tempfile_in(&folder)
+    // An unnamed file (O_TMPFILE) proves the folder takes new files and leaves no name
+    // behind, whatever ends prof.
+    tempfile::tempfile_in(&folder)
         .map(drop)
         .map_err(|source| ExportError::NotWritable { folder, source })
 }
@@ -252,21 +265,44 @@ pub fn write_atomic(
         source,
     };
     let folder = folder_of(path);
-    let mut file = tempfile::Builder::new()
+    let mut pending = tempfile::Builder::new()
         .prefix(".prof-")
-        .tempfile_in(&folder)
+        .make_in(&folder, |temporary| {
+            // Listed before it exists, so no signal can end prof between its creation and
+            // its listing. It leaves the list when dropped, after the temporary file has
+            // been deleted (on error) or renamed.
+            let listed = crate::interrupt::register(temporary);
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(temporary)?;
+            Ok(PendingFile {
+                file,
+                _listed: listed,
+            })
+        })
         .map_err(fail)?;
     {
-        let mut writer = BufWriter::new(file.as_file_mut());
+        let mut writer = BufWriter::new(&mut pending.as_file_mut().file);
         write(&mut writer).map_err(fail)?;
         writer.flush().map_err(fail)?;
     }
     // Temporary files are private (0600); a profile is an ordinary file.
-    file.as_file()
+    pending
+        .as_file()
+        .file
         .set_permissions(Permissions::from_mode(0o644))
         .map_err(fail)?;
-    file.persist(path).map_err(|err| fail(err.error))?;
+    pending.persist(path).map_err(|err| fail(err.error))?;
     Ok(())
+}
+
+/// A temporary output file, listed for removal by a signal while it exists.
+#[derive(Debug)]
+struct PendingFile {
+    file: fs::File,
+    _listed: crate::interrupt::Listed,
 }
 
 /// Writes `profile` to `file` in its format; flame graphs are drawn with `options`.
@@ -357,6 +393,137 @@ mod tests {
         ));
         // Nothing is left behind by the check.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A pprof file of one sample type holding these (locations, value) samples, as another
+    /// program could write it: no labels, no mappings, one `main` location.
+    fn pprof_file(dir: &Path, samples: &[(Vec<u64>, i64)]) -> PathBuf {
+        use pprof::proto;
+        let message = proto::Profile {
+            sample_type: vec![proto::ValueType { r#type: 1, unit: 2 }],
+            sample: samples
+                .iter()
+                .map(|(locations, value)| proto::Sample {
+                    location_id: locations.clone(),
+                    value: vec![*value],
+                    label: Vec::new(),
+                })
+                .collect(),
+            location: vec![proto::Location {
+                id: 1,
+                line: vec![proto::Line {
+                    function_id: 1,
+                    ..proto::Line::default()
+                }],
+                ..proto::Location::default()
+            }],
+            function: vec![proto::Function {
+                id: 1,
+                name: 3,
+                ..proto::Function::default()
+            }],
+            string_table: ["", "cpu", "nanoseconds", "main"]
+                .map(String::from)
+                .to_vec(),
+            ..proto::Profile::default()
+        };
+        let path = dir.join("odd.pprof");
+        fs::write(&path, prost::Message::encode_to_vec(&message)).unwrap();
+        path
+    }
+
+    /// A sample with an empty stack is drawn and written as one `[unknown]` frame, which
+    /// reads back; values whose sum passes what pprof's int64 holds are refused, not
+    /// wrapped, and a sum of exactly that is read.
+    #[test]
+    fn empty_stacks_and_overflowing_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pprof_file(dir.path(), &[(vec![], 1000), (vec![1], 500)]);
+        let profile = read_profile(&path).unwrap();
+        assert_eq!(
+            folded::lines(&profile, 0, false),
+            ["[unknown] 1000", "main 500"]
+        );
+        let out = dir.path().join("x.cpu.folded");
+        let svg = dir.path().join("x.svg");
+        let files = plan(&[out.clone(), svg.clone()], &["cpu".into()]).unwrap();
+        for file in &files {
+            write(file, &profile, &flamegraph::Options::default()).unwrap();
+        }
+        let back = read_profile(&out).unwrap();
+        assert_eq!(back.events[0].total().period, 1500);
+        assert!(fs::read_to_string(&svg).unwrap().contains("[unknown]"));
+
+        let path = pprof_file(dir.path(), &vec![(vec![1], i64::MAX); 3]);
+        let err = read_profile(&path).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::new(err));
+        assert!(
+            text.contains("event `cpu`'s values add up to more than"),
+            "{text}"
+        );
+        let one = pprof_file(dir.path(), &[(vec![1], i64::MAX - 1), (vec![], 1)]);
+        let profile = read_profile(&one).unwrap();
+        assert_eq!(profile.events[0].total().period, i64::MAX as u64);
+        let overflow = dir.path().join("big.folded");
+        fs::write(&overflow, format!("a {}\nb {}\n", i64::MAX, 1)).unwrap();
+        let text = format!(
+            "{:#}",
+            anyhow::Error::new(read_profile(&overflow).unwrap_err())
+        );
+        assert!(
+            text.contains("line 2: the counts add up to more than"),
+            "{text}"
+        );
+    }
+
+    /// A gzip bomb, an endless file and a stack too deep are refused with the limit and
+    /// the flag that raises it.
+    #[test]
+    fn limits_are_enforced() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let limits = ReadLimits {
+            max_input_bytes: 1 << 20,
+            max_stack_depth: 100,
+            max_locations: 1000,
+        };
+        let bomb = dir.path().join("bomb.pb.gz");
+        let mut gzip = flate2::write::GzEncoder::new(
+            fs::File::create(&bomb).unwrap(),
+            flate2::Compression::best(),
+        );
+        gzip.write_all(&vec![0; 4 << 20]).unwrap();
+        gzip.finish().unwrap();
+        let message = |path: &Path| {
+            let err = read_profile_within(path, &limits).unwrap_err();
+            format!("{:#}", anyhow::Error::new(err))
+        };
+        let text = message(&bomb);
+        assert!(
+            text.contains("larger than 1,048,576 bytes once decompressed"),
+            "{text}"
+        );
+        assert!(text.contains("--max-input-size"), "{text}");
+        let text = message(Path::new("/dev/zero"));
+        assert!(
+            text.contains("larger than 1,048,576 bytes (prof's"),
+            "{text}"
+        );
+        let deep = pprof_file(dir.path(), &[(vec![1; 101], 1)]);
+        let text = message(&deep);
+        assert!(text.contains("more than 100 frames"), "{text}");
+        assert!(text.contains("--max-stack-depth"), "{text}");
+        let wide = pprof_file(dir.path(), &vec![(vec![1; 100], 1); 20]);
+        let text = message(&wide);
+        assert!(text.contains("more than 1,000 locations"), "{text}");
+        assert!(text.contains("--max-locations"), "{text}");
+        let folded = dir.path().join("deep.folded");
+        fs::write(&folded, format!("{} 1\n", vec!["f"; 101].join(";"))).unwrap();
+        let text = message(&folded);
+        assert!(
+            text.contains("line 1: a stack has more than 100 frames"),
+            "{text}"
+        );
     }
 
     /// A failed write leaves neither the target nor a temporary file.

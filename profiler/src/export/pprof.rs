@@ -28,6 +28,8 @@ use prost::Message;
 use thiserror::Error;
 
 use crate::events::Unit;
+use crate::export::limits::{self, LimitError, ReadLimits};
+use crate::export::pprof_scan::{self, ScanError};
 use crate::profile::{
     EventProfile, KERNEL_MAPPING, Labels, Line, Location, Mapping, Profile, Stack, UnknownReason,
     UnwindStop, Value,
@@ -202,6 +204,18 @@ pub enum PprofError {
     /// protobuf said no.
     #[error("not a pprof profile (truncated, or another format?)")]
     Decode(#[from] prost::DecodeError),
+    /// Not even protobuf's wire format.
+    #[error("not a pprof profile (truncated, or another format?)")]
+    Malformed,
+    /// It is larger than prof reads.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// An event's values add up to more than 64 bits hold.
+    #[error(
+        "event `{0}`'s values add up to more than 9,223,372,036,854,775,807, the most a pprof \
+         value holds; the profile is refused rather than shown with wrapped or capped shares"
+    )]
+    Overflow(String),
     /// It decodes, but refers to things that are not there.
     #[error("invalid pprof profile: {0}")]
     Invalid(String),
@@ -437,28 +451,47 @@ pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a pprof file, gzipped or not.
+/// Reads a pprof file, gzipped or not, within the default [`ReadLimits`].
 pub fn read(input: &mut dyn Read) -> Result<Profile, PprofError> {
-    let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes)?;
-    decode_bytes(&bytes)
+    let limits = ReadLimits::default();
+    let bytes = limits::read_capped(input, limits.max_input_bytes, false).map_err(|err| {
+        match limits::limit_error(&err) {
+            Some(limit) => PprofError::Limit(limit.clone()),
+            None => PprofError::Io(err),
+        }
+    })?;
+    decode_bytes_within(&bytes, &limits)
 }
 
-/// Decodes pprof bytes, gzipped or not.
+/// Decodes pprof bytes, gzipped or not, within the default [`ReadLimits`].
 pub fn decode_bytes(bytes: &[u8]) -> Result<Profile, PprofError> {
+    decode_bytes_within(bytes, &ReadLimits::default())
+}
+
+/// Decodes pprof bytes, gzipped or not; what is larger than `limits` is refused before it
+/// takes memory.
+pub fn decode_bytes_within(bytes: &[u8], limits: &ReadLimits) -> Result<Profile, PprofError> {
     if bytes.is_empty() {
         return Err(PprofError::Empty);
     }
-    let message = if bytes.starts_with(&GZIP_MAGIC) {
-        let mut raw = Vec::new();
-        GzDecoder::new(bytes)
-            .read_to_end(&mut raw)
-            .map_err(PprofError::Gzip)?;
-        proto::Profile::decode(raw.as_slice())?
+    let inflated;
+    let raw = if bytes.starts_with(&GZIP_MAGIC) {
+        inflated = limits::read_capped(GzDecoder::new(bytes), limits.max_input_bytes, true)
+            .map_err(|err| match limits::limit_error(&err) {
+                Some(limit) => PprofError::Limit(limit.clone()),
+                None => PprofError::Gzip(err),
+            })?;
+        inflated.as_slice()
+    } else if bytes.len() as u64 > limits.max_input_bytes {
+        return Err(LimitError::InputSize(limits.max_input_bytes, false).into());
     } else {
-        proto::Profile::decode(bytes)?
+        bytes
     };
-    decode(&message)
+    pprof_scan::check(raw, limits).map_err(|err| match err {
+        ScanError::Limit(limit) => PprofError::Limit(limit),
+        ScanError::Malformed => PprofError::Malformed,
+    })?;
+    decode_within(&proto::Profile::decode(raw)?, limits)
 }
 
 /// Strings of the table being built, by index.
@@ -493,6 +526,15 @@ fn losses_comment(event: &EventProfile) -> String {
         "prof losses {}: kernel_samples={} stack_map_full={} no_stack={} map_full={}",
         event.name, losses.kernel_samples, losses.stack_map_full, losses.no_stack, losses.map_full
     );
+    // Off-CPU only; left out when zero so other events' comments stay as they were.
+    for (key, value) in [
+        ("blocks_short", losses.blocks_short),
+        ("blocks_dropped", losses.blocks_dropped),
+    ] {
+        if value > 0 {
+            text.push_str(&format!(" {key}={value}"));
+        }
+    }
     for (reason, samples) in &event.unknown {
         text.push_str(&format!(" unknown.{}={samples}", reason.key()));
     }
@@ -525,6 +567,8 @@ fn apply_losses_comment(comment: &str, events: &mut [EventProfile]) -> bool {
             "stack_map_full" => event.losses.stack_map_full = value,
             "no_stack" => event.losses.no_stack = value,
             "map_full" => event.losses.map_full = value,
+            "blocks_short" => event.losses.blocks_short = value,
+            "blocks_dropped" => event.losses.blocks_dropped = value,
             _ => {
                 if let Some(reason) = key
                     .strip_prefix("unknown.")
@@ -722,8 +766,16 @@ fn saturate(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Reads a decoded message into a [`Profile`], checking every reference.
+/// Reads a decoded message into a [`Profile`], checking every reference, within the default
+/// [`ReadLimits`].
 pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
+    decode_within(message, &ReadLimits::default())
+}
+
+/// Reads a decoded message into a [`Profile`], checking every reference; a stack deeper
+/// than `limits` allows, counting inlined functions, is refused.
+pub fn decode_within(message: &proto::Profile, limits: &ReadLimits) -> Result<Profile, PprofError> {
+    let budget = limits::Budget::new(*limits);
     let strings = &message.string_table;
     let string = |index: i64, what: &str| -> Result<&str, PprofError> {
         usize::try_from(index)
@@ -883,6 +935,8 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
 
     let pid_key = strings.iter().position(|s| s == "pid").map(|i| i as i64);
     let comm_key = strings.iter().position(|s| s == "comm").map(|i| i as i64);
+    // Every event's total must fit, so that no share is computed from a wrapped sum.
+    let mut totals = vec![Value::default(); profile.events.len()];
     for sample in &message.sample {
         if sample.value.len() != types.len() {
             return Err(PprofError::Invalid(format!(
@@ -910,13 +964,18 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
         }
         let labels = profile.labels.intern(labels);
         let mut locations = Vec::with_capacity(sample.location_id.len());
+        let mut frames = 0;
         for id in sample.location_id.iter().rev() {
-            locations.push(*location_ids.get(id).ok_or_else(|| {
+            let location = *location_ids.get(id).ok_or_else(|| {
                 PprofError::Invalid(format!(
                     "a sample refers to location {id}, which does not exist"
                 ))
-            })?);
+            })?;
+            // Each inlined function is a frame of its own.
+            frames += profile.locations.get(location).lines.len().max(1);
+            locations.push(location);
         }
+        budget.check_depth(frames)?;
         let stack = Stack {
             labels,
             locations: locations.into(),
@@ -934,6 +993,9 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
                 samples: count as u64,
                 period: period as u64,
             };
+            totals[event] = totals[event]
+                .checked_add(value)
+                .ok_or_else(|| PprofError::Overflow(profile.events[event].name.clone()))?;
             profile.events[event].add(stack.clone(), value);
         }
     }

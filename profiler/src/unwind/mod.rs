@@ -45,7 +45,7 @@ pub const DEFAULT_TABLE_ROWS: u32 = 4 << 20;
 /// Default distinct files with a table at once.
 pub const DEFAULT_TABLE_FILES: u32 = 8192;
 /// Default processes with mappings at once.
-pub const DEFAULT_TABLE_PROCESSES: u32 = 8192;
+pub const DEFAULT_TABLE_PROCESSES: u32 = 4096;
 
 /// The default sizes, with `rows` as `--unwind-table-size` gives it.
 pub fn sizes(rows: u32) -> UnwindSizes {

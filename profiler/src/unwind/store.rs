@@ -363,12 +363,12 @@ mod tests {
             filter_tgids: false,
             stack_storage_size: 16,
             counts_map_size: 16,
-            double_buffer: false,
             unwind: Some(UnwindSizes {
                 rows,
                 files,
                 processes: 4,
             }),
+            ..BpfConfig::default()
         })
         .expect("loads as root");
         TableStore::new(bpf.take_unwind_maps().unwrap())

@@ -499,6 +499,78 @@ fn full_maps_are_counted_not_fatal() {
     assert!(status.success(), "{log}");
 }
 
+/// With `--off-cpu`, the agent's windows carry the off-cpu event: blocks of 900 and 300 ms
+/// that span the 1-second windows keep their stacks (the stacks of blocks still pending are
+/// carried into the next generation of the maps) and add up to the 3:1 split, and /metrics
+/// counts the event and its off-CPU losses.
+#[test]
+fn off_cpu_spans_windows() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&[
+        "-e",
+        "cpu-clock",
+        "--off-cpu",
+        "--window",
+        "1",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let sleeps = Command::new(workload("sleeps"))
+        .args(["3", "300"])
+        .status()
+        .unwrap();
+    assert!(sleeps.success());
+    let windows = agent.metric("prof_agent_windows_total");
+    agent.wait_for(
+        "the window after the sleeps",
+        Duration::from_secs(30),
+        |a| a.metric("prof_agent_windows_total") >= windows + 1.0,
+    );
+    let metrics = agent.metrics();
+    assert!(
+        metrics["prof_agent_samples_total{event=\"off-cpu\"}"] > 0.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.contains_key(
+            "prof_agent_lost_samples_total{event=\"off-cpu\",reason=\"task_map_full\"}"
+        ),
+        "{metrics:?}"
+    );
+    let (status, log) = agent.terminate();
+    assert!(status.success(), "{log}");
+
+    let (mut three, mut one, mut unknown) = (0, 0, 0);
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let profile = pprof::decode_bytes(&std::fs::read(file.unwrap().path()).unwrap()).unwrap();
+        let off_cpu = profile.event_index("off-cpu").expect("an off-cpu event");
+        for (stack, value) in &profile.events[off_cpu].stacks {
+            let frames = profile.frame_names(stack, false);
+            if frames[0] != "sleeps" {
+                continue;
+            }
+            if frames.iter().any(|f| f == "sleep_three") {
+                three += value.period;
+            } else if frames.iter().any(|f| f == "sleep_one") {
+                one += value.period;
+            } else if frames.iter().any(|f| f == "[unknown]") {
+                unknown += value.period;
+            }
+        }
+    }
+    assert!(one > 0, "sleep_one blocked; agent log:\n{log}");
+    let ratio = three as f64 / one as f64;
+    assert!(
+        (2.7..=3.3).contains(&ratio),
+        "sleep_three:sleep_one = {ratio:.3} ({three} and {one} ns)"
+    );
+    assert!(
+        unknown < (three + one) / 20,
+        "{unknown} ns of the sleeps lost their stacks"
+    );
+}
+
 /// SIGTERM ends the current window early and exports it everywhere (the directory and the
 /// push receiver) before a clean exit, with a process that exited during the window named.
 #[test]

@@ -53,15 +53,39 @@ fn world_executable_prof(dir: &Path) -> std::path::PathBuf {
 
 /// `<binary> record -e cpu-clock -o <out> -- <command>`, run as the user `nobody`.
 fn record_as_nobody(binary: &Path, out: &Path, command: &[&std::ffi::OsStr]) -> Output {
+    record_as_nobody_with(binary, &[], out, command)
+}
+
+/// `<binary> record -e cpu-clock <flags> -o <out> -- <command>`, run as the user `nobody`.
+fn record_as_nobody_with(
+    binary: &Path,
+    flags: &[&str],
+    out: &Path,
+    command: &[&std::ffi::OsStr],
+) -> Output {
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(binary)
-        .args(["record", "-e", "cpu-clock", "-o"])
+        .args(["record", "-e", "cpu-clock"])
+        .args(flags)
+        .arg("-o")
         .arg(out)
         .arg("--")
         .args(command)
         .output()
         .expect("setpriv (util-linux) runs")
+}
+
+/// A copy of the prof binary that any user can run, with CAP_BPF and CAP_PERFMON.
+fn prof_with_capabilities(dir: &Path) -> std::path::PathBuf {
+    let binary = world_executable_prof(dir);
+    let status = Command::new("setcap")
+        .args(["cap_bpf,cap_perfmon+ep"])
+        .arg(&binary)
+        .status()
+        .expect("setcap (libcap2-bin) runs");
+    assert!(status.success());
+    binary
 }
 
 /// Not root: the error says to use sudo or grant CAP_BPF and CAP_PERFMON.
@@ -91,13 +115,7 @@ fn not_root_says_how_to_fix_it() {
 fn capabilities_instead_of_root_work() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let binary = world_executable_prof(dir.path());
-    let status = Command::new("setcap")
-        .args(["cap_bpf,cap_perfmon+ep"])
-        .arg(&binary)
-        .status()
-        .expect("setcap (libcap2-bin) runs");
-    assert!(status.success());
+    let binary = prof_with_capabilities(dir.path());
     let out = dir.path().join("caps.folded");
     let ratio = crate::workload("ratio");
     let output = record_as_nobody(&binary, &out, &[ratio.as_os_str(), "30".as_ref()]);
@@ -144,6 +162,48 @@ fn unknown_event_suggests() {
         ],
     );
     assert!(!written);
+}
+
+/// An unknown tracepoint suggests the close name and how to list the category; an unknown
+/// category suggests close categories.
+#[test]
+fn unknown_tracepoint_suggests() {
+    let _serial = serial();
+    let (output, written) = record(&["-e", "sched:sched_swich"]);
+    assert_refused(
+        &output,
+        &[
+            "unknown tracepoint `sched:sched_swich`",
+            "did you mean `sched:sched_switch`",
+            "prof list sched",
+        ],
+    );
+    assert!(!written);
+    let (output, written) = record(&["-e", "cpu-clock,schd:sched_switch"]);
+    assert_refused(&output, &["no category `schd`", "`sched`", "prof list"]);
+    assert!(!written);
+}
+
+/// `--off-cpu` where it cannot work says why: here as a user with CAP_BPF and CAP_PERFMON
+/// but not CAP_SYS_ADMIN, who can neither mount tracefs (when it is not mounted) nor read it
+/// (when root mounted it), so the sched_switch tracepoint cannot be found.
+#[test]
+fn off_cpu_without_tracefs_says_why() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = prof_with_capabilities(dir.path());
+    let out = dir.path().join("off.svg");
+    let output = record_as_nobody_with(&binary, &["--off-cpu"], &out, &["true".as_ref()]);
+    let why = if prof::tracefs::mount_point().is_some() {
+        "run prof as root"
+    } else {
+        "cannot mount it without CAP_SYS_ADMIN"
+    };
+    assert_refused(
+        &output,
+        &["--off-cpu needs the sched:sched_switch tracepoint", why],
+    );
+    assert!(!out.exists());
 }
 
 /// Without a hardware PMU, any hardware event but cycles fails naming the event and the

@@ -13,7 +13,9 @@ mod bad_input;
 mod ingest;
 mod record;
 mod report;
+mod robust;
 mod symbols;
+mod tracing;
 mod unwind;
 
 use std::collections::HashMap;

@@ -220,13 +220,19 @@ fn frames_with_colours(svg: &str) -> Vec<(String, String)> {
 
 /// The ratio graph of page-faults per cpu-clock colours touch_pages, which faults far more
 /// per unit of CPU time than the whole profile, red, and spin, which never faults, blue.
+/// (Colours saturate at 8× the profile's ratio: the workload spins long enough that
+/// touch_pages takes well under an eighth of the CPU time, whatever the machine's speed.)
 #[test]
 fn ratio_graph_colours_by_events_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let pb = dir.path().join("prof.pb.gz");
     {
         let _serial = serial();
-        let command = [workload("spin_faults").into_os_string()];
+        let command = [
+            workload("spin_faults").into_os_string(),
+            "10".into(),
+            "150000000".into(),
+        ];
         record_ok("cpu-clock,page-faults", &[&pb], &[], &command);
     }
     let svg = dir.path().join("ratio.svg");

@@ -20,11 +20,13 @@ __attribute__((noinline)) void touch_pages(void)
 	munmap(p, TOUCH_BYTES);
 }
 
+/* argv[1]: rounds (10); argv[2]: spin iterations per round (60M). */
 int main(int argc, char **argv)
 {
 	int rounds = argc > 1 ? atoi(argv[1]) : 10;
+	long spins = argc > 2 ? atol(argv[2]) : 60000000L;
 	for (int r = 0; r < rounds; r++) {
-		spin(60000000L);
+		spin(spins);
 		touch_pages();
 	}
 	return 0;

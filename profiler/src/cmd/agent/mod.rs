@@ -90,7 +90,7 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         .map(pyroscope::Pusher::new)
         .transpose()?;
     let sampling = Sampling::Frequency(config.frequency);
-    let plan = session::plan(&config.events, sampling, None)?;
+    let plan = session::plan(&config.recorded_events(), sampling, None)?;
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
@@ -127,7 +127,10 @@ pub fn run(config: AgentConfig) -> Result<u8> {
             stack_storage_size: config.stack_storage_size,
             counts_map_size: config.counts_map_size,
             double_buffer: true,
+            off_cpu_min: Duration::from_micros(config.off_cpu_min_us),
+            off_cpu_tasks: config.off_cpu_tasks,
             unwind,
+            ..BpfConfig::default()
         },
         &[],
     )

@@ -133,7 +133,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     pub dir: Option<PathBuf>,
 
-    /// Events to sample, comma-separated [default: cycles, or cpu-clock without a PMU].
+    /// Events to sample, comma-separated [default: cpu-clock, CPU time that backends show in
+    /// seconds; cycles needs a hardware PMU and is shown as a count].
     #[arg(short = 'e', long = "event", value_name = "LIST")]
     pub events: Option<String>,
 

@@ -7,7 +7,7 @@
 //!
 //! ```toml
 //! log = "info"                  # a tracing filter; RUST_LOG wins over it
-//! events = ["cycles"]           # cycles falls back to cpu-clock without a PMU
+//! events = ["cpu-clock"]        # CPU time in nanoseconds, as Pyroscope and Parca show it
 //! frequency = 19                # samples per second per CPU
 //! window_seconds = 10
 //! debug_info = false            # DWARF inlined functions and lines: more memory
@@ -102,7 +102,7 @@ impl Default for AgentConfig {
     fn default() -> AgentConfig {
         AgentConfig {
             log: "info".to_owned(),
-            events: vec![Event::parse("cycles").expect("cycles is a known event")],
+            events: vec![Event::parse("cpu-clock").expect("cpu-clock is a known event")],
             frequency: DEFAULT_FREQUENCY,
             window_seconds: DEFAULT_WINDOW_SECONDS,
             debug_info: false,
@@ -713,7 +713,7 @@ mod tests {
             .to_string()
     }
 
-    /// An empty file gives the documented defaults: 19 Hz cycles in 10-second windows,
+    /// An empty file gives the documented defaults: 19 Hz cpu-clock in 10-second windows,
     /// HTTP on 127.0.0.1:6060, no push and no directory.
     /// `off_cpu = true` adds the off-CPU event once, after the listed ones, with its minimum
     /// block time and map size.
@@ -737,7 +737,7 @@ mod tests {
         let config = parse_ok("");
         assert_eq!(config.frequency, 19);
         assert_eq!(config.window(), Duration::from_secs(10));
-        assert_eq!(config.events[0].name(), "cycles");
+        assert_eq!(config.events[0].name(), "cpu-clock");
         assert!(config.http.enabled);
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:6060");
         assert_eq!(config.http.max_connections, 256);

@@ -339,9 +339,11 @@ fn post(port: u16, path: &str, body: &str) -> String {
         .unwrap()
 }
 
-/// `go tool pprof` with its default symbolization reads the profile endpoint while a
-/// stripped program runs: its frames stay unresolved, so pprof asks `/debug/pprof/symbol`
-/// (it used to abort on the 404), and the fetch succeeds.
+/// `go tool pprof` reads the profile endpoint while a stripped program runs. With its default
+/// symbolization it asks nothing more (every mapping says prof symbolized it), so a stripped
+/// frame no longer makes it abort on a 404; told to symbolize remotely even so
+/// (`-symbolize=remote:force`), it asks the agent's `/debug/pprof/symbol`, and the fetch
+/// still succeeds.
 #[test]
 fn go_tool_pprof_symbolizes_through_the_agent() {
     let _serial = serial();
@@ -357,22 +359,32 @@ fn go_tool_pprof_symbolizes_through_the_agent() {
         "http://127.0.0.1:{}/debug/pprof/profile?seconds=2",
         agent.port
     );
-    let output = go()
-        .env("PPROF_TMPDIR", tmp.path())
-        .args(["tool", "pprof", "-raw", &url])
-        .output()
-        .unwrap();
-    stop(busy);
-    assert!(output.status.success(), "{}", describe(&output));
-    let raw = String::from_utf8_lossy(&output.stdout);
+    let pprof = |symbolize: &str| {
+        go().env("PPROF_TMPDIR", tmp.path())
+            .args(["tool", "pprof", "-raw", symbolize, &url])
+            .output()
+            .unwrap()
+    };
+    let plain = pprof("-symbolize=remote");
+    assert!(plain.status.success(), "{}", describe(&plain));
+    let raw = String::from_utf8_lossy(&plain.stdout);
     assert!(
         raw.contains("comm:[forever-strippe]"),
         "the stripped workload in:\n{raw}"
     );
+    assert_eq!(
+        agent.metric("prof_agent_symbol_requests_total"),
+        0.0,
+        "mappings marked symbolized need no symbol requests: {}",
+        describe(&plain)
+    );
+    let forced = pprof("-symbolize=remote:force");
+    stop(busy);
+    assert!(forced.status.success(), "{}", describe(&forced));
     assert!(
         agent.metric("prof_agent_symbol_requests_total") >= 1.0,
         "pprof asked for symbols: {}",
-        describe(&output)
+        describe(&forced)
     );
     let (status, log) = agent.terminate();
     assert!(status.success(), "{log}");

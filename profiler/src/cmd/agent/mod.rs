@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use signal_hook::consts::SIGHUP;
 
 use prof::agent::config::AgentConfig;
 use prof::agent::engine::{Engine, Shared};
@@ -100,11 +99,9 @@ pub fn run(config: AgentConfig) -> Result<u8> {
         false => None,
     };
 
+    // SIGTERM, SIGINT and SIGHUP (the terminal went away, or someone asked) end the agent
+    // cleanly, its window flushed; a second signal of any of the three ends it at once.
     let stop = stop_on_signals()?;
-    // SIGHUP (the terminal went away, or someone asked) also ends the agent cleanly, its
-    // window flushed; a second signal of any of the three ends it at once.
-    signal_hook::flag::register_conditional_shutdown(SIGHUP, 130, Arc::clone(&stop))?;
-    signal_hook::flag::register(SIGHUP, Arc::clone(&stop))?;
     let unwind = config
         .sampling
         .unwind

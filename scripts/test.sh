@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what the build and tests need (clang, libbpf-dev, libcap2-bin; golang-go for
-# `go tool pprof`, the reference pprof reader the tests check prof's files with; libc6-dbg,
-# whose separate debug file names libc's internal functions; nodejs, whose perf maps name JIT
-# code; binutils' objcopy and util-linux's unshare), then runs prof's
+# `go tool pprof`, the reference pprof reader the tests check prof's files with; prometheus,
+# whose promtool and server check the agent's /metrics; libc6-dbg, whose separate debug file
+# names libc's internal functions; nodejs, whose perf maps name JIT code; binutils' objcopy
+# and util-linux's unshare), then runs prof's
 # checks and tests: formatting, clippy, the unit tests, and the integration tests, which
 # load the real BPF program and attach it to real perf events, so they run as root
 # (through sudo when this user is not root). Last, a smoke run of the benchmarks.
@@ -14,11 +15,12 @@ sudo=""
 
 if ! command -v clang >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ] \
     || [ ! -x /usr/sbin/setcap ] || ! command -v go >/dev/null \
+    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
     || ! dpkg -s libc6-dbg >/dev/null 2>&1 || ! command -v node >/dev/null \
     || ! command -v objcopy >/dev/null || ! command -v unshare >/dev/null; then
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev libcap2-bin \
-        golang-go libc6-dbg nodejs binutils util-linux
+        golang-go prometheus libc6-dbg nodejs binutils util-linux
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

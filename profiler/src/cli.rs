@@ -74,10 +74,13 @@ Examples:
   sudo prof agent
   # Push every window to Pyroscope and keep the last hour as files:
   sudo prof agent --push http://pyroscope:4040 --dir /var/lib/prof
+  # Grafana Cloud: HTTPS, basic auth, the password in a file (not in `ps`):
+  sudo prof agent --push https://profiles-prod-001.grafana.net \\
+      --push-user 123456 --push-password-file /etc/prof/grafana-token
   # Everything from a file (see dist/agent.toml), a flag overriding it:
   sudo prof agent --config /etc/prof/agent.toml --listen 0.0.0.0:6060
 
-SIGTERM or SIGINT ends the current window early, exports it everywhere and exits 0.
+SIGTERM, SIGINT or SIGHUP ends the current window early, exports it everywhere and exits 0.
 The log level comes from RUST_LOG, else from the config's `log` (default info).";
 
 /// `prof agent` flags; each overrides the config file.
@@ -95,15 +98,43 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_http: bool,
 
-    /// Push every window to Pyroscope's /ingest at this base URL (http://host:4040).
+    /// Push every window to Pyroscope's /ingest at this base URL (https://host or
+    /// http://host:4040).
     #[arg(long, value_name = "URL")]
     pub push: Option<String>,
+
+    /// PEM file of the CA certificates to trust for an https:// push URL [default: the
+    /// system's].
+    #[arg(long, value_name = "FILE")]
+    pub push_ca_file: Option<PathBuf>,
+
+    /// User for basic authentication to the push URL, with --push-password-file.
+    #[arg(long, value_name = "NAME")]
+    pub push_user: Option<String>,
+
+    /// File that holds the basic-auth password (a file, so that it stays out of process
+    /// listings).
+    #[arg(long, value_name = "FILE")]
+    pub push_password_file: Option<PathBuf>,
+
+    /// File that holds a bearer token for the push URL.
+    #[arg(long, value_name = "FILE")]
+    pub push_token_file: Option<PathBuf>,
+
+    /// Tenant to push to, sent as X-Scope-OrgID.
+    #[arg(long, value_name = "ID")]
+    pub push_tenant: Option<String>,
+
+    /// An extra header for every push, 'NAME: VALUE'; may be repeated.
+    #[arg(long = "push-header", value_name = "NAME: VALUE")]
+    pub push_headers: Vec<String>,
 
     /// Write every window as a pprof file into this folder, rotated.
     #[arg(long, value_name = "PATH")]
     pub dir: Option<PathBuf>,
 
-    /// Events to sample, comma-separated [default: cycles, or cpu-clock without a PMU].
+    /// Events to sample, comma-separated [default: cpu-clock, CPU time that backends show in
+    /// seconds; cycles needs a hardware PMU and is shown as a count].
     #[arg(short = 'e', long = "event", value_name = "LIST")]
     pub events: Option<String>,
 
@@ -132,6 +163,58 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
+    /// Applies the --push-* flags over `[push]`, and checks the result as a whole.
+    fn apply_push_flags(&self, config: &mut AgentConfig) -> Result<()> {
+        let given = self.push_ca_file.is_some()
+            || self.push_user.is_some()
+            || self.push_password_file.is_some()
+            || self.push_token_file.is_some()
+            || self.push_tenant.is_some()
+            || !self.push_headers.is_empty();
+        let Some(push) = &mut config.push else {
+            if given {
+                bail!(
+                    "the --push-* settings need a push URL: --push URL, or [push] url in --config"
+                );
+            }
+            return Ok(());
+        };
+        if let Some(path) = &self.push_ca_file {
+            push.ca_file = Some(path.clone());
+        }
+        if let Some(user) = &self.push_user {
+            agent::config::check_header_value(user)
+                .map_err(|err| anyhow::anyhow!("--push-user: {err}"))?;
+            push.username = Some(user.clone());
+        }
+        if let Some(path) = &self.push_password_file {
+            push.password = None;
+            push.password_file = Some(path.clone());
+        }
+        if let Some(path) = &self.push_token_file {
+            push.token = None;
+            push.token_file = Some(path.clone());
+        }
+        if let Some(tenant) = &self.push_tenant {
+            agent::config::check_header_value(tenant)
+                .map_err(|err| anyhow::anyhow!("--push-tenant: {err}"))?;
+            push.tenant_id = Some(tenant.clone());
+        }
+        for header in &self.push_headers {
+            let Some((name, value)) = header.split_once(':') else {
+                bail!("--push-header `{header}`: write it as 'NAME: VALUE'");
+            };
+            let (name, value) = (name.trim(), value.trim());
+            agent::config::check_header_name(name)
+                .and_then(|()| agent::config::check_header_value(value))
+                .map_err(|err| anyhow::anyhow!("--push-header `{header}`: {err}"))?;
+            push.headers.insert(name.to_owned(), value.to_owned());
+        }
+        push.check()
+            .map_err(|err| anyhow::anyhow!("push settings: {err}"))?;
+        Ok(())
+    }
+
     /// Reads the config file (or the defaults) and applies the flags over it. Every error
     /// comes before anything is attached.
     pub fn into_config(self) -> Result<AgentConfig> {
@@ -155,6 +238,7 @@ impl AgentArgs {
                 None => config.push = Some(PushConfig::with_url(&url).map_err(anyhow::Error::msg)?),
             }
         }
+        self.apply_push_flags(&mut config)?;
         if let Some(path) = self.dir {
             match &mut config.dir {
                 Some(dir) => dir.path = path,

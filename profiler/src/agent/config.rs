@@ -7,7 +7,7 @@
 //!
 //! ```toml
 //! log = "info"                  # a tracing filter; RUST_LOG wins over it
-//! events = ["cycles"]           # cycles falls back to cpu-clock without a PMU
+//! events = ["cpu-clock"]        # CPU time in nanoseconds, as Pyroscope and Parca show it
 //! frequency = 19                # samples per second per CPU
 //! window_seconds = 10
 //! debug_info = false            # DWARF inlined functions and lines: more memory
@@ -18,11 +18,15 @@
 //! [http]                        # on by default, on 127.0.0.1:6060
 //! listen = "127.0.0.1:6060"
 //! max_seconds = 60              # the cap on /debug/pprof/profile?seconds=N
+//! max_connections = 256         # and the other limits: see HttpConfig
 //!
 //! [push]                        # Pyroscope's /ingest (or Alloy's pyroscope.receive_http)
-//! url = "http://pyroscope:4040"
+//! url = "https://pyroscope.example.com"
 //! app_name = "prof"
 //! labels = { env = "prod" }
+//! username = "123"              # basic auth; or token_file for a bearer token
+//! password_file = "/etc/prof/pw"
+//! tenant_id = "team-a"          # X-Scope-OrgID
 //!
 //! [dir]                         # pprof files, the oldest removed first
 //! path = "/var/lib/prof"
@@ -88,6 +92,7 @@ pub struct AgentConfig {
     /// The HTTP server.
     pub http: HttpConfig,
     /// Pushing to Pyroscope; `None` when not configured.
+    #[serde(deserialize_with = "push_table")]
     pub push: Option<PushConfig>,
     /// The directory of pprof files; `None` when not configured.
     pub dir: Option<DirConfig>,
@@ -97,7 +102,7 @@ impl Default for AgentConfig {
     fn default() -> AgentConfig {
         AgentConfig {
             log: "info".to_owned(),
-            events: vec![Event::parse("cycles").expect("cycles is a known event")],
+            events: vec![Event::parse("cpu-clock").expect("cpu-clock is a known event")],
             frequency: DEFAULT_FREQUENCY,
             window_seconds: DEFAULT_WINDOW_SECONDS,
             debug_info: false,
@@ -154,7 +159,7 @@ impl Default for SamplingConfig {
     }
 }
 
-/// `[http]`.
+/// `[http]`: the server and its limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -166,6 +171,29 @@ pub struct HttpConfig {
     /// The most seconds `/debug/pprof/profile` and `/flamegraph.svg` cover.
     #[serde(deserialize_with = "positive_u64")]
     pub max_seconds: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head (line and headers), counted from the
+    /// connection's start or from the end of the previous response, so it is also how long
+    /// an idle kept-alive connection stays open (Go's `ReadHeaderTimeout` and
+    /// `IdleTimeout` in one).
+    #[serde(deserialize_with = "positive_u64")]
+    pub header_timeout_seconds: u64,
+    /// Bytes of a request's head at most; more is answered 431 and the connection closed.
+    #[serde(deserialize_with = "header_bytes")]
+    pub max_header_bytes: usize,
+    /// Bytes of a request body at most (only `POST /debug/pprof/symbol` takes one); more is
+    /// answered 413 without being read.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_body_bytes: usize,
+    /// `/debug/pprof/profile` requests served at once; more are answered 503.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_profile_requests: usize,
+    /// Seconds that requests in flight at shutdown get to finish (a profile request is
+    /// answered with what it captured so far); new connections are refused meanwhile.
+    #[serde(deserialize_with = "positive_u64")]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for HttpConfig {
@@ -174,7 +202,25 @@ impl Default for HttpConfig {
             enabled: true,
             listen: DEFAULT_LISTEN.parse().expect("a valid address"),
             max_seconds: 60,
+            max_connections: 256,
+            header_timeout_seconds: 10,
+            max_header_bytes: 16 << 10,
+            max_body_bytes: 1 << 20,
+            max_profile_requests: 4,
+            shutdown_grace_seconds: 5,
         }
+    }
+}
+
+impl HttpConfig {
+    /// [`HttpConfig::header_timeout_seconds`] as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_seconds)
+    }
+
+    /// [`HttpConfig::shutdown_grace_seconds`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
     }
 }
 
@@ -182,7 +228,7 @@ impl Default for HttpConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
-    /// The server's base URL (`http://host:4040`); `/ingest` is appended.
+    /// The server's base URL (`https://host`, `http://host:4040`); `/ingest` is appended.
     #[serde(deserialize_with = "push_url")]
     pub url: String,
     /// The application name in Pyroscope.
@@ -198,6 +244,43 @@ pub struct PushConfig {
     /// Seconds one push may take.
     #[serde(default = "default_timeout", deserialize_with = "positive_u64")]
     pub timeout_seconds: u64,
+    /// PEM file of the CA certificates to trust for an `https://` URL, instead of the
+    /// system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The user for basic authentication (Grafana Cloud: the stack's numeric user id).
+    #[serde(default, deserialize_with = "header_text")]
+    pub username: Option<String>,
+    /// The basic-auth password, in the config file itself; `password_file` keeps it out of
+    /// it.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file that holds the basic-auth password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A bearer token, in the config file itself.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file that holds a bearer token (trailing newline ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The tenant, sent as `X-Scope-OrgID` (multi-tenant Pyroscope, Grafana Enterprise).
+    #[serde(default, deserialize_with = "header_text")]
+    pub tenant_id: Option<String>,
+    /// Extra headers sent with every push, e.g. `{ "X-Team" = "infra" }`.
+    #[serde(default, deserialize_with = "header_map")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A secret from the config file: never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl PushConfig {
@@ -209,7 +292,65 @@ impl PushConfig {
             labels: BTreeMap::new(),
             queue: default_queue(),
             timeout_seconds: default_timeout(),
+            ca_file: None,
+            username: None,
+            password: None,
+            password_file: None,
+            token: None,
+            token_file: None,
+            tenant_id: None,
+            headers: BTreeMap::new(),
         })
+    }
+
+    /// Checks what no single key can: credentials that fit together, and extra headers
+    /// that do not clash with the ones the agent sets.
+    pub fn check(&self) -> Result<(), String> {
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err("give `password` or `password_file`, not both".to_owned());
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err("give `token` or `token_file`, not both".to_owned());
+        }
+        let has_password = self.password.is_some() || self.password_file.is_some();
+        let has_token = self.token.is_some() || self.token_file.is_some();
+        if has_password && self.username.is_none() {
+            return Err("a password needs a `username` (basic authentication)".to_owned());
+        }
+        if self.username.is_some() && !has_password {
+            return Err(
+                "`username` needs `password_file` (or `password`): basic authentication".to_owned(),
+            );
+        }
+        if has_token && self.username.is_some() {
+            return Err(
+                "give basic authentication (`username`, `password_file`) or a bearer token \
+                 (`token_file`), not both"
+                    .to_owned(),
+            );
+        }
+        if self.ca_file.is_some() && !self.url.starts_with("https://") {
+            return Err(format!(
+                "`ca_file` is for https:// URLs; `{}` is plain HTTP",
+                self.url
+            ));
+        }
+        for name in self.headers.keys() {
+            let lower = name.to_ascii_lowercase();
+            let set = match lower.as_str() {
+                "authorization" => self.username.is_some() || has_token,
+                "x-scope-orgid" => self.tenant_id.is_some(),
+                "content-type" | "content-length" | "host" => true,
+                _ => false,
+            };
+            if set {
+                return Err(format!(
+                    "header `{name}` is set by the agent (from the URL, the body, or the \
+                     credentials and tenant_id); drop it from `headers`"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -384,6 +525,19 @@ fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     positive(d)
 }
 
+/// The smallest head cap: a request line and a few ordinary headers.
+const MIN_HEADER_BYTES: usize = 1024;
+
+fn header_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let bytes = usize::deserialize(d)?;
+    if bytes < MIN_HEADER_BYTES {
+        return Err(de::Error::custom(format!(
+            "must be at least {MIN_HEADER_BYTES} bytes, not {bytes}"
+        )));
+    }
+    Ok(bytes)
+}
+
 fn window_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let seconds: u64 = positive(d)?;
     if seconds > 3600 {
@@ -411,25 +565,79 @@ fn push_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     check_push_url(&url).map_err(de::Error::custom)
 }
 
-/// Checks a push URL: plain `http://host[:port][/path]`.
+/// Checks a push URL: `http://` or `https://host[:port][/path]`, without credentials (they
+/// go in `username` and `password_file`, out of logs).
 pub fn check_push_url(url: &str) -> Result<String, String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(if url.starts_with("https://") {
-            format!(
-                "`{url}`: prof pushes over plain HTTP only; push to a local Alloy \
-                 (pyroscope.receive_http) or a TLS proxy that forwards to the server"
-            )
-        } else {
-            format!("`{url}` is not an http:// URL such as http://127.0.0.1:4040")
-        });
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Err(format!(
+            "`{url}` is not an http:// or https:// URL such as https://profiles.example.com \
+             or http://127.0.0.1:4040"
+        ));
     };
     let host = rest.split('/').next().unwrap_or("");
+    if host.contains('@') {
+        return Err(
+            "the URL holds credentials; give them as `username` and `password_file` \
+             ([push]) or --push-user and --push-password-file instead"
+                .to_owned(),
+        );
+    }
     if host.is_empty() || rest.contains(['?', '#', ' ']) {
         return Err(format!(
             "`{url}` is not a server URL such as http://127.0.0.1:4040 (no query, no fragment)"
         ));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn push_table<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PushConfig>, D::Error> {
+    let push = Option::<PushConfig>::deserialize(d)?;
+    if let Some(push) = &push {
+        push.check().map_err(de::Error::custom)?;
+    }
+    Ok(push)
+}
+
+/// Checks that `text` can be sent as an HTTP header value.
+pub fn check_header_value(text: &str) -> Result<(), String> {
+    if text.is_empty() || hyper::header::HeaderValue::from_str(text).is_err() {
+        return Err(format!(
+            "`{}` cannot be sent in an HTTP header: it must not be empty or hold line breaks \
+             or control characters",
+            text.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an HTTP header name.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!(
+            "`{}` is not an HTTP header name (letters, digits and `-`)",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+fn header_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    check_header_value(&text).map_err(de::Error::custom)?;
+    Ok(Some(text))
+}
+
+fn header_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let headers = BTreeMap::<String, String>::deserialize(d)?;
+    for (name, value) in &headers {
+        check_header_name(name).map_err(de::Error::custom)?;
+        check_header_value(value)
+            .map_err(|err| de::Error::custom(format!("header `{name}`: {err}")))?;
+    }
+    Ok(headers)
 }
 
 /// Whether `text` may be a Pyroscope label name.
@@ -505,7 +713,7 @@ mod tests {
             .to_string()
     }
 
-    /// An empty file gives the documented defaults: 19 Hz cycles in 10-second windows,
+    /// An empty file gives the documented defaults: 19 Hz cpu-clock in 10-second windows,
     /// HTTP on 127.0.0.1:6060, no push and no directory.
     /// `off_cpu = true` adds the off-CPU event once, after the listed ones, with its minimum
     /// block time and map size.
@@ -529,9 +737,12 @@ mod tests {
         let config = parse_ok("");
         assert_eq!(config.frequency, 19);
         assert_eq!(config.window(), Duration::from_secs(10));
-        assert_eq!(config.events[0].name(), "cycles");
+        assert_eq!(config.events[0].name(), "cpu-clock");
         assert!(config.http.enabled);
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:6060");
+        assert_eq!(config.http.max_connections, 256);
+        assert_eq!(config.http.header_timeout(), Duration::from_secs(10));
+        assert_eq!(config.http.max_header_bytes, 16384);
         assert!(config.push.is_none() && config.dir.is_none());
     }
 
@@ -571,6 +782,92 @@ max_files = 10
         assert_eq!((dir.max_files, dir.max_bytes), (10, 256 << 20));
     }
 
+    /// dist/agent.toml reads as the defaults, and names every key (commented out where it
+    /// has no default), so that it documents each limit and setting.
+    #[test]
+    fn dist_config_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = parse(&text, &path).unwrap_or_else(|err| panic!("{err}"));
+        let defaults = AgentConfig::default();
+        assert_eq!(config.frequency, defaults.frequency);
+        assert_eq!(config.http.max_connections, defaults.http.max_connections);
+        assert_eq!(config.http.header_timeout(), defaults.http.header_timeout());
+        assert_eq!(config.http.max_header_bytes, defaults.http.max_header_bytes);
+        assert_eq!(config.http.max_body_bytes, defaults.http.max_body_bytes);
+        assert_eq!(
+            config.http.max_profile_requests,
+            defaults.http.max_profile_requests
+        );
+        assert_eq!(config.http.shutdown_grace(), defaults.http.shutdown_grace());
+        let keys = [
+            "log",
+            "events",
+            "frequency",
+            "window_seconds",
+            "debug_info",
+            "stack_storage_size",
+            "counts_map_size",
+            "unwind",
+            "unwind_table_size",
+            "enabled",
+            "listen",
+            "max_seconds",
+            "max_connections",
+            "header_timeout_seconds",
+            "max_header_bytes",
+            "max_body_bytes",
+            "max_profile_requests",
+            "shutdown_grace_seconds",
+            "url",
+            "app_name",
+            "labels",
+            "queue",
+            "timeout_seconds",
+            "ca_file",
+            "username",
+            "password_file",
+            "token_file",
+            "tenant_id",
+            "headers",
+            "path",
+            "max_files",
+            "max_bytes",
+        ];
+        for key in keys {
+            let named = text.lines().any(|line| {
+                line.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} = "))
+            });
+            assert!(named, "dist/agent.toml names `{key}`");
+        }
+    }
+
+    /// HTTPS with basic auth, a tenant and extra headers, as for Grafana Cloud; secrets
+    /// never show in the configuration's debug output.
+    #[test]
+    fn https_push_with_credentials() {
+        let config = parse_ok(
+            r#"
+[push]
+url = "https://profiles-prod-001.grafana.net"
+username = "123456"
+password = "glc_secret"
+tenant_id = "team-a"
+headers = { "X-Team" = "infra" }
+"#,
+        );
+        let push = config.push.unwrap();
+        assert_eq!(push.username.as_deref(), Some("123456"));
+        assert_eq!(push.tenant_id.as_deref(), Some("team-a"));
+        assert_eq!(push.headers["X-Team"], "infra");
+        assert!(!format!("{push:?}").contains("glc_secret"));
+        let err = parse_err(
+            "[push]\nurl = \"https://x\"\ntoken = \"t\"\nusername = \"u\"\npassword = \"p\"\n",
+        );
+        assert!(err.contains("not both"), "{err}");
+    }
+
     /// Errors name the file, the line and the key, whether the key is unknown, the value
     /// has the wrong type, or the value is out of range.
     #[test]
@@ -594,15 +891,38 @@ max_files = 10
         assert!(err.contains(":1: `frequency`: invalid type"), "{err}");
         let err = parse_err("events = [\"cpu-clok\"]\n");
         assert!(err.contains("`events`: unknown event `cpu-clok`"), "{err}");
-        let err = parse_err("[push]\nurl = \"https://x\"\n");
+        let err = parse_err("[push]\nurl = \"ftp://x\"\n");
         assert!(
-            err.contains(":2: `push.url`:") && err.contains("plain HTTP"),
+            err.contains(":2: `push.url`:") && err.contains("not an http:// or https://"),
+            "{err}"
+        );
+        let err = parse_err("[push]\nurl = \"https://u:p@x\"\n");
+        assert!(err.contains("holds credentials"), "{err}");
+        let err = parse_err("[push]\nurl = \"https://x\"\npassword_file = \"/p\"\n");
+        assert!(
+            err.contains("`push`: a password needs a `username`"),
+            "{err}"
+        );
+        let err = parse_err("[push]\nurl = \"http://x\"\nca_file = \"/ca.pem\"\n");
+        assert!(err.contains("`ca_file` is for https:// URLs"), "{err}");
+        let err = parse_err(
+            "[push]\nurl = \"https://x\"\ntenant_id = \"a\"\nheaders = { X-Scope-OrgID = \"b\" }\n",
+        );
+        assert!(err.contains("is set by the agent"), "{err}");
+        let err = parse_err("[push]\nurl = \"https://x\"\nheaders = { \"bad name\" = \"v\" }\n");
+        assert!(
+            err.contains(":3: `push.headers`: `bad name` is not an HTTP header"),
             "{err}"
         );
         let err = parse_err("[push]\nurl = \"http://x\"\nlabels = { \"bad name\" = \"v\" }\n");
         assert!(err.contains(":3: `push.labels`:"), "{err}");
         let err = parse_err("[dir]\nmax_files = 3\n");
         assert!(err.contains("missing field `path`"), "{err}");
+        let err = parse_err("[http]\nmax_header_bytes = 100\n");
+        assert!(
+            err.contains(":2: `http.max_header_bytes`: must be at least 1024"),
+            "{err}"
+        );
         let err = parse_err("frequency = 19\n[http\n");
         assert!(err.starts_with("agent.toml:2:"), "{err}");
     }

@@ -5,6 +5,11 @@
 //! seconds (30 if not given) and answers with a gzipped pprof file, so `go tool pprof`,
 //! Parca and Alloy's `pyroscope.scrape` can read it. Unlike Go, a `seconds` that is not a
 //! positive whole number is refused with 400 rather than replaced by the default.
+//!
+//! `/debug/pprof/symbol` also follows Go: `go tool pprof` asks it for the names of addresses
+//! a profile left unresolved. GET answers `num_symbols: 1` (symbols are available); POST
+//! takes `0xaddr+0xaddr+...` in the body (GET in the query) and answers one `0xaddr name`
+//! line per address it can name, after that first line.
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +26,12 @@ pub enum Route {
         /// The event's name; `None` for the first event.
         event: Option<String>,
     },
+    /// `/debug/pprof/symbol`: names for addresses, which come in the body of a POST or in
+    /// the query of a GET.
+    Symbol {
+        /// The addresses in the query (a GET's), `+`-separated.
+        query: String,
+    },
     /// `/metrics`: Prometheus text.
     Metrics,
     /// `/healthz`.
@@ -32,7 +43,7 @@ pub enum Route {
 pub enum RouteError {
     /// 404: no such endpoint.
     NotFound,
-    /// 405: the endpoint only answers GET (and HEAD).
+    /// 405: the endpoint only answers GET (and HEAD), or also POST for the symbol endpoint.
     MethodNotAllowed,
     /// 400: the query is malformed; the text says how.
     BadRequest(String),
@@ -51,11 +62,12 @@ impl RouteError {
     /// A one-line body.
     pub fn message(&self) -> String {
         match self {
-            RouteError::NotFound => {
-                "not found; try /debug/pprof/profile, /flamegraph.svg, /metrics or /healthz"
-                    .to_owned()
+            RouteError::NotFound => "not found; try /debug/pprof/profile, /debug/pprof/symbol, \
+                 /flamegraph.svg, /metrics or /healthz"
+                .to_owned(),
+            RouteError::MethodNotAllowed => {
+                "only GET is served (and POST to /debug/pprof/symbol)".to_owned()
             }
-            RouteError::MethodNotAllowed => "only GET is served".to_owned(),
             RouteError::BadRequest(why) => why.clone(),
         }
     }
@@ -73,6 +85,14 @@ pub fn route(
     window_seconds: u64,
 ) -> Result<Route, RouteError> {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    if path == "/debug/pprof/symbol" {
+        if !matches!(method, "GET" | "HEAD" | "POST") {
+            return Err(RouteError::MethodNotAllowed);
+        }
+        return Ok(Route::Symbol {
+            query: query.to_owned(),
+        });
+    }
     let params = Params::parse(query)?;
     let route = match path {
         "/debug/pprof/profile" => {
@@ -110,6 +130,41 @@ pub fn route(
         return Err(RouteError::MethodNotAllowed);
     }
     Ok(route)
+}
+
+/// The addresses of a symbol request, `+`-separated, each in Go's notation (`0x` for hex,
+/// `0o` or a leading `0` for octal, `0b`, else decimal). Words that are not numbers, and 0,
+/// are skipped, as Go skips them.
+pub fn symbol_addresses(text: &str) -> Vec<u64> {
+    text.split('+')
+        .filter_map(|word| {
+            let word = word.trim();
+            let (digits, radix) =
+                if let Some(hex) = word.strip_prefix("0x").or(word.strip_prefix("0X")) {
+                    (hex, 16)
+                } else if let Some(octal) = word.strip_prefix("0o").or(word.strip_prefix("0O")) {
+                    (octal, 8)
+                } else if let Some(binary) = word.strip_prefix("0b").or(word.strip_prefix("0B")) {
+                    (binary, 2)
+                } else if word.len() > 1 && word.starts_with('0') {
+                    (&word[1..], 8)
+                } else {
+                    (word, 10)
+                };
+            u64::from_str_radix(&digits.replace('_', ""), radix).ok()
+        })
+        .filter(|&address| address != 0)
+        .collect()
+}
+
+/// The answer to a symbol request: `num_symbols: 1`, then `0xaddr name` for each address
+/// named.
+pub fn symbol_answer(names: &[(u64, std::sync::Arc<str>)]) -> String {
+    let mut text = String::from("num_symbols: 1\n");
+    for (address, name) in names {
+        text.push_str(&format!("{address:#x} {name}\n"));
+    }
+    text
 }
 
 /// Decoded query parameters, each given at most once.
@@ -163,7 +218,25 @@ impl Params {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    /// Addresses are read as Go's `strconv.ParseUint(word, 0, 64)` reads them, and answers
+    /// are written as Go's `%#x name` lines.
+    #[test]
+    fn symbol_protocol() {
+        assert_eq!(
+            symbol_addresses("0x7f00+0X10+17+010+0b11+0+junk+"),
+            [0x7f00, 0x10, 17, 8, 3]
+        );
+        assert!(symbol_addresses("").is_empty());
+        assert_eq!(
+            symbol_answer(&[(0x7f00, Arc::from("main")), (0x10, Arc::from("a::b"))]),
+            "num_symbols: 1\n0x7f00 main\n0x10 a::b\n"
+        );
+        assert_eq!(symbol_answer(&[]), "num_symbols: 1\n");
+    }
 
     fn ok(url: &str) -> Route {
         route("GET", url, 60, 10).unwrap_or_else(|err| panic!("{url}: {err:?}"))
@@ -193,6 +266,13 @@ mod tests {
             }
         );
         assert_eq!(ok("/metrics"), Route::Metrics);
+        assert_eq!(
+            ok("/debug/pprof/symbol?0x10+0x20"),
+            Route::Symbol {
+                query: "0x10+0x20".into()
+            }
+        );
+        assert!(route("POST", "/debug/pprof/symbol", 60, 10).is_ok());
         assert_eq!(ok("/healthz"), Route::Health);
     }
 

@@ -21,6 +21,48 @@ pub struct EventMetrics {
     pub unique_stacks: u64,
 }
 
+/// Why the HTTP server refused or closed a connection or a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// `max_connections` were open.
+    Connections,
+    /// The request head did not arrive within `header_timeout_seconds` (or the connection
+    /// stayed idle that long).
+    HeaderTimeout,
+    /// The request head was over `max_header_bytes`.
+    HeaderTooLarge,
+    /// The request had a body where none is taken, or one over `max_body_bytes`.
+    BodyTooLarge,
+    /// Too many requests of its kind ran at once.
+    Busy,
+    /// The connection outlived its lifetime.
+    Lifetime,
+}
+
+impl Refusal {
+    /// Every reason, in order.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Connections,
+        Refusal::HeaderTimeout,
+        Refusal::HeaderTooLarge,
+        Refusal::BodyTooLarge,
+        Refusal::Busy,
+        Refusal::Lifetime,
+    ];
+
+    /// The `reason` label.
+    pub fn key(self) -> &'static str {
+        match self {
+            Refusal::Connections => "too_many_connections",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::HeaderTooLarge => "header_too_large",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::Busy => "busy",
+            Refusal::Lifetime => "lifetime",
+        }
+    }
+}
+
 /// Everything the agent counts about itself.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -56,6 +98,12 @@ pub struct Metrics {
     pub file_failures: u64,
     /// `/debug/pprof/profile` requests answered.
     pub profile_requests: u64,
+    /// `/debug/pprof/symbol` requests answered.
+    pub symbol_requests: u64,
+    /// HTTP connections open.
+    pub http_connections: u64,
+    /// HTTP connections and requests refused, by reason.
+    pub http_refused: BTreeMap<Refusal, u64>,
     /// What the unwind tables hold, when user stacks are walked with them.
     pub unwind_tables: Option<UnwindTables>,
 }
@@ -223,7 +271,32 @@ impl Metrics {
                 m.unique_stacks as f64,
             );
         }
-        let plain: [(&str, &str, &str, f64); 17] = [
+        out.family(
+            "prof_agent_http_refused_total",
+            "counter",
+            "HTTP connections or requests refused or closed by a limit, by reason.",
+        );
+        for reason in Refusal::ALL {
+            let n = self.http_refused.get(&reason).copied().unwrap_or(0);
+            out.sample(
+                "prof_agent_http_refused_total",
+                &[("reason", reason.key())],
+                n as f64,
+            );
+        }
+        let plain: [(&str, &str, &str, f64); 19] = [
+            (
+                "prof_agent_symbol_requests_total",
+                "counter",
+                "/debug/pprof/symbol requests answered.",
+                self.symbol_requests as f64,
+            ),
+            (
+                "prof_agent_http_connections",
+                "gauge",
+                "HTTP connections open.",
+                self.http_connections as f64,
+            ),
             (
                 "prof_agent_windows_total",
                 "counter",
@@ -376,6 +449,7 @@ mod tests {
         event.lost.map_full = 3;
         event.unknown.insert(UnknownReason::Unmapped, 5);
         metrics.dropped_windows = 2;
+        metrics.http_refused.insert(Refusal::HeaderTimeout, 7);
         let text = metrics.render(OwnUsage {
             cpu_seconds: 1.5,
             resident_bytes: 1 << 20,
@@ -391,6 +465,8 @@ mod tests {
             "prof_agent_unknown_frame_samples_total{event=\"cpu-clock\",reason=\"unmapped\"} 5\n"
         ));
         assert!(text.contains("prof_agent_dropped_windows_total 2\n"));
+        assert!(text.contains("prof_agent_http_refused_total{reason=\"header_timeout\"} 7\n"));
+        assert!(text.contains("prof_agent_http_refused_total{reason=\"busy\"} 0\n"));
         assert!(text.contains("process_cpu_seconds_total 1.5\n"));
         assert!(text.contains("process_resident_memory_bytes 1048576\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

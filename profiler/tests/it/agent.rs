@@ -6,19 +6,21 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, sleep};
+use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
 
 use prof::export::pprof;
 use prof::profile::Profile;
 
+use crate::ingest::Ingest;
 use crate::record::stop;
 use crate::report::go;
 use crate::{describe, prof, serial, workload};
 
 /// A port nobody listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,19 +29,36 @@ fn free_port() -> u16 {
 }
 
 /// A running `prof agent`, killed if the test fails.
-struct Agent {
+pub struct Agent {
     child: Option<Child>,
-    port: u16,
+    pub port: u16,
     log: tempfile::NamedTempFile,
+    /// The config file it was started with, if any.
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 impl Agent {
     /// Starts `prof agent --listen 127.0.0.1:<free port> <args>` and waits until it serves.
-    fn start(args: &[&str]) -> Agent {
+    pub fn start(args: &[&str]) -> Agent {
+        Agent::start_with(None, args)
+    }
+
+    /// Starts the agent with a config file holding `config`, then `args`.
+    pub fn start_with_config(config: &str, args: &[&str]) -> Agent {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), config).unwrap();
+        Agent::start_with(Some(file), args)
+    }
+
+    fn start_with(config: Option<tempfile::NamedTempFile>, args: &[&str]) -> Agent {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = prof()
-            .arg("agent")
+        let mut command = prof();
+        command.arg("agent");
+        if let Some(config) = &config {
+            command.arg("--config").arg(config.path());
+        }
+        let child = command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
@@ -52,6 +71,7 @@ impl Agent {
             child: Some(child),
             port,
             log,
+            _config: config,
         };
         agent.wait_for(
             "the agent to serve /healthz",
@@ -61,12 +81,12 @@ impl Agent {
         agent
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// GETs `path`: (status, body); status 0 if the agent does not answer.
-    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -85,7 +105,7 @@ impl Agent {
     }
 
     /// Every sample of `/metrics`, by name with labels.
-    fn metrics(&self) -> HashMap<String, f64> {
+    pub fn metrics(&self) -> HashMap<String, f64> {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "/metrics answers");
         String::from_utf8(body)
@@ -99,15 +119,24 @@ impl Agent {
             .collect()
     }
 
-    fn metric(&self, name: &str) -> f64 {
+    pub fn metric(&self, name: &str) -> f64 {
         let metrics = self.metrics();
         *metrics
             .get(name)
             .unwrap_or_else(|| panic!("{name} in /metrics: {metrics:?}"))
     }
 
+    /// Waits until the first window has closed: by then every running binary's symbols have
+    /// been read, which on a busy machine (and in a debug build) takes seconds, so a
+    /// profile request after it is answered in about its seconds.
+    pub fn wait_for_first_window(&self) {
+        self.wait_for("the first window", Duration::from_secs(60), |a| {
+            a.metric("prof_agent_windows_total") >= 1.0
+        });
+    }
+
     /// Polls `done` until it holds, failing after `timeout`.
-    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Agent) -> bool) {
+    pub fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Agent) -> bool) {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             assert!(
@@ -119,20 +148,47 @@ impl Agent {
         }
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the agent is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// The agent's own (anonymous) resident memory in bytes, from `/proc/<pid>/status`:
+    /// what it allocated, without the pages of the binaries it maps to read their symbols.
+    pub fn resident_anon(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("RssAnon:"))
+            .expect("RssAnon in /proc/<pid>/status");
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
     /// Sends SIGTERM and waits for the exit.
-    fn terminate(mut self) -> (ExitStatus, String) {
+    pub fn terminate(self) -> (ExitStatus, String) {
+        self.signal(Signal::TERM)
+    }
+
+    /// Sends `signal` and waits for the exit.
+    pub fn signal(mut self, signal: Signal) -> (ExitStatus, String) {
         let mut child = self.child.take().unwrap();
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), signal).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return (status, self.log());
             }
-            assert!(Instant::now() < deadline, "the agent exits after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the agent exits after {signal:?}; log:\n{}",
+                self.log()
+            );
             sleep(Duration::from_millis(50));
         }
     }
@@ -147,63 +203,6 @@ impl Drop for Agent {
     }
 }
 
-/// What the stand-in receiver got: each request's URL and body.
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A stand-in for Pyroscope's `POST /ingest`: keeps every request's URL and body.
-struct Ingest {
-    server: Arc<tiny_http::Server>,
-    received: Received,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Ingest {
-    fn start(port: u16) -> Ingest {
-        let server = Arc::new(tiny_http::Server::http(("127.0.0.1", port)).unwrap());
-        let received: Received = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let server = Arc::clone(&server);
-            let received = Arc::clone(&received);
-            std::thread::spawn(move || {
-                for mut request in server.incoming_requests() {
-                    let mut body = Vec::new();
-                    std::io::Read::read_to_end(request.as_reader(), &mut body).unwrap();
-                    let ok = *request.method() == tiny_http::Method::Post
-                        && request.url().starts_with("/ingest?");
-                    received
-                        .lock()
-                        .unwrap()
-                        .push((request.url().to_owned(), body));
-                    let _ = request.respond(tiny_http::Response::empty(if ok { 200 } else { 404 }));
-                }
-            })
-        };
-        Ingest {
-            server,
-            received,
-            thread: Some(thread),
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.server.server_addr().to_ip().unwrap().port()
-    }
-
-    fn count(&self) -> usize {
-        self.received.lock().unwrap().len()
-    }
-
-    fn requests(&self) -> Vec<(String, Vec<u8>)> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// Stops listening: the port refuses connections until a new receiver binds it.
-    fn stop(mut self) {
-        self.server.unblock();
-        self.thread.take().unwrap().join().unwrap();
-    }
-}
-
 /// The query parameters of a URL.
 fn query(url: &str) -> HashMap<String, String> {
     let query = url.split_once('?').map_or("", |(_, q)| q);
@@ -214,7 +213,7 @@ fn query(url: &str) -> HashMap<String, String> {
 
 /// The samples of `profile`'s first event whose stacks contain `function`, with the labels
 /// of the first such stack.
-fn samples_in(profile: &Profile, function: &str) -> (u64, Option<prof::profile::Labels>) {
+pub fn samples_in(profile: &Profile, function: &str) -> (u64, Option<prof::profile::Labels>) {
     let mut samples = 0;
     let mut labels = None;
     for (stack, value) in &profile.events[0].stacks {
@@ -238,8 +237,19 @@ fn extra<'a>(labels: &'a prof::profile::Labels, key: &str) -> Option<&'a str> {
         .map(|(_, v)| &**v)
 }
 
+/// The one window the agent wrote into `dir`, checked against the backends' rules, decoded.
+fn only_window(dir: &Path) -> Profile {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one window written: {files:?}");
+    crate::assert_backends_accept(&files[0]);
+    pprof::decode_bytes(&std::fs::read(&files[0]).unwrap()).unwrap()
+}
+
 /// Starts `workload` with `args`, quietly.
-fn spawn(binary: &Path, args: &[&str]) -> Child {
+pub fn spawn(binary: &Path, args: &[&str]) -> Child {
     Command::new(binary)
         .args(args)
         .stdout(Stdio::null())
@@ -253,7 +263,8 @@ fn spawn(binary: &Path, args: &[&str]) -> Child {
 fn go_tool_pprof_reads_the_profile_endpoint() {
     let _serial = serial();
     let busy = spawn(&workload("forever"), &["60"]);
-    let agent = Agent::start(&["-F", "49"]);
+    let agent = Agent::start(&["-F", "49", "--window", "1"]);
+    agent.wait_for_first_window();
     let url = format!(
         "http://127.0.0.1:{}/debug/pprof/profile?seconds=2",
         agent.port
@@ -373,12 +384,19 @@ fn pushes_to_ingest_and_survives_an_outage() {
     )
     .unwrap();
     let agent = Agent::start(&["--config", config.to_str().unwrap()]);
-    agent.wait_for("two pushes", Duration::from_secs(30), |_| {
-        ingest.count() >= 2
+    // The first windows take longer to close (every binary's symbols and unwind tables
+    // are read then): judge a later one.
+    agent.wait_for("four pushes", Duration::from_secs(60), |_| {
+        ingest.count() >= 4
     });
 
     let requests = ingest.requests();
-    let (url, body) = &requests[1];
+    let request = requests.last().unwrap();
+    let (url, body) = (&request.url, &request.body);
+    assert_eq!(
+        request.header("content-type"),
+        Some("application/octet-stream")
+    );
     let params = query(url);
     assert!(url.starts_with("/ingest?"), "{url}");
     let name = &params["name"];
@@ -395,8 +413,7 @@ fn pushes_to_ingest_and_survives_an_outage() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    // Unix seconds of a window of about 2 s (longer when closing the first windows, which
-    // parses every binary, is slow).
+    // Unix seconds of a window of about 2 s.
     assert!(
         from <= until && until - from <= 10 && now.abs_diff(until) < 60,
         "{from}..{until} at {now}"
@@ -439,8 +456,7 @@ fn pushes_to_ingest_and_survives_an_outage() {
     agent.wait_for("pushing to resume", Duration::from_secs(60), |_| {
         ingest.count() >= 2
     });
-    let (_, body) = &ingest.requests()[0];
-    assert!(pprof::decode_bytes(body).is_ok());
+    assert!(pprof::decode_bytes(&ingest.requests()[0].body).is_ok());
     stop(busy);
     let (status, log) = agent.terminate();
     assert!(status.success(), "{log}");
@@ -559,6 +575,16 @@ fn off_cpu_spans_windows() {
 /// push receiver) before a clean exit, with a process that exited during the window named.
 #[test]
 fn sigterm_flushes_the_current_window() {
+    flushes_the_current_window_on(Signal::TERM);
+}
+
+/// SIGHUP ends the agent as SIGTERM does (it used to kill it, and lose the window).
+#[test]
+fn sighup_flushes_the_current_window() {
+    flushes_the_current_window_on(Signal::HUP);
+}
+
+fn flushes_the_current_window_on(signal: Signal) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let ingest = Ingest::start(0);
@@ -576,17 +602,11 @@ fn sigterm_flushes_the_current_window() {
     let exited = Command::new(workload("short_lived")).status().unwrap();
     assert!(exited.success());
     sleep(Duration::from_secs(1));
-    let (status, log) = agent.terminate();
+    let (status, log) = agent.signal(signal);
     stop(busy);
     assert_eq!(status.code(), Some(0), "{log}");
 
-    let files: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1, "one window written: {files:?}");
-    crate::assert_backends_accept(&files[0]);
-    let written = pprof::decode_bytes(&std::fs::read(&files[0]).unwrap()).unwrap();
+    let written = only_window(dir.path());
     assert!(samples_in(&written, "forever_hot").0 > 0, "{log}");
     assert!(
         samples_in(&written, "short_lived_hot").0 > 0,
@@ -598,8 +618,8 @@ fn sigterm_flushes_the_current_window() {
         1,
         "the flushed window is pushed before the exit"
     );
-    crate::assert_backends_accept_bytes(&pushed[0].1, "the pushed window");
-    let pushed = pprof::decode_bytes(&pushed[0].1).unwrap();
+    crate::assert_backends_accept_bytes(&pushed[0].body, "the pushed window");
+    let pushed = pprof::decode_bytes(&pushed[0].body).unwrap();
     assert!(samples_in(&pushed, "forever_hot").0 > 0);
     ingest.stop();
 }

@@ -6,7 +6,11 @@
 //! root they fail and say why.
 
 mod agent;
+mod agent_http;
+mod agent_prometheus;
+mod agent_push;
 mod bad_input;
+mod ingest;
 mod record;
 mod report;
 mod robust;

@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
+use crate::ingest::Ingest;
 use crate::record::record_ok;
 use crate::report::go;
 use crate::{
@@ -115,25 +116,11 @@ fn go_tool_pprof_accepts_unresolved_frames() {
 
     let flagged = std::fs::read(&pb).unwrap();
     let unflagged = without_symbolized_flags(&flagged);
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let port = server.server_addr().to_ip().unwrap().port();
-    let serving = std::thread::spawn(move || {
-        for request in server.incoming_requests() {
-            let body = match request.url() {
-                url if url.starts_with("/flagged/debug/pprof/profile") => Some(&flagged),
-                url if url.starts_with("/unflagged/debug/pprof/profile") => Some(&unflagged),
-                url if url.starts_with("/stop") => {
-                    let _ = request.respond(tiny_http::Response::empty(200));
-                    return;
-                }
-                _ => None,
-            };
-            let _ = match body {
-                Some(body) => request.respond(tiny_http::Response::from_data(body.clone())),
-                None => request.respond(tiny_http::Response::empty(404)),
-            };
-        }
-    });
+    let server = Ingest::serving(vec![
+        ("/flagged/debug/pprof/profile".to_owned(), flagged),
+        ("/unflagged/debug/pprof/profile".to_owned(), unflagged),
+    ]);
+    let port = server.port();
     let url = |what: &str| format!("http://127.0.0.1:{port}/{what}/debug/pprof/profile");
     let fetched = raw(&url("flagged"));
     assert!(fetched.status.success(), "{}", describe(&fetched));
@@ -145,8 +132,13 @@ fn go_tool_pprof_accepts_unresolved_frames() {
         "without the flags pprof asks the server for symbols: {}",
         describe(&asked)
     );
-    let _ = ureq::get(&format!("http://127.0.0.1:{port}/stop")).call();
-    serving.join().unwrap();
+    let asked_for_symbols = |what: &str| {
+        let path = format!("/{what}/debug/pprof/symbol");
+        server.requests().iter().any(|r| r.url.starts_with(&path))
+    };
+    assert!(!asked_for_symbols("flagged"), "{:?}", server.requests());
+    assert!(asked_for_symbols("unflagged"), "{:?}", server.requests());
+    server.stop();
 }
 
 /// `bytes`, a gzipped pprof file, with every mapping's `HasFunctions` and line flags

@@ -1,13 +1,63 @@
-//! The local directory of pprof files: one file per window, named by its time span, the
-//! oldest removed first once there are more than `max_files` or they take more than
-//! `max_bytes` in all.
+//! The directory sink: one pprof file per window, named by its time span, the oldest
+//! removed first once there are more than `max_files` or they take more than `max_bytes` in
+//! all.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use crate::agent::config::DirConfig;
+use crate::agent::engine::Shared;
+use crate::agent::sinks::Sink;
+use crate::agent::window::Span;
 use crate::export::{self, ExportError};
+
+/// Why `[dir] path` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// It does not exist.
+    #[error("[dir] path `{}` does not exist; create it (mkdir -p {}) or point --dir / [dir] path at another folder", .0.display(), .0.display())]
+    Missing(PathBuf),
+    /// It is a file or something else.
+    #[error("[dir] path `{}` is not a folder; point --dir / [dir] path at a folder", .0.display())]
+    NotAFolder(PathBuf),
+    /// Files cannot be created in it.
+    #[error("[dir] path `{}` is not writable by the agent; fix its permissions (the agent runs as root or with the unit's capabilities) or point --dir / [dir] path at another folder", folder.display())]
+    NotWritable {
+        /// The folder.
+        folder: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Checks, before anything is attached, that the agent can write windows into `dir`.
+pub fn check(dir: &Path) -> Result<(), DirError> {
+    match fs::metadata(dir) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(DirError::Missing(dir.to_path_buf()));
+        }
+        Err(source) => {
+            return Err(DirError::NotWritable {
+                folder: dir.to_path_buf(),
+                source,
+            });
+        }
+        Ok(meta) if !meta.is_dir() => return Err(DirError::NotAFolder(dir.to_path_buf())),
+        Ok(_) => {}
+    }
+    tempfile::Builder::new()
+        .prefix(".prof-check-")
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(|source| DirError::NotWritable {
+            folder: dir.to_path_buf(),
+            source,
+        })
+}
 
 /// The prefix and suffix of the files the agent writes (and the only ones it removes).
 const PREFIX: &str = "prof-";
@@ -79,6 +129,36 @@ impl Rotation {
     }
 }
 
+/// Writes each window into a [`Rotation`].
+#[derive(Debug)]
+pub struct DirSink {
+    rotation: Rotation,
+}
+
+impl DirSink {
+    /// A sink into `[dir]`.
+    pub fn new(config: &DirConfig) -> DirSink {
+        DirSink {
+            rotation: Rotation::new(config.path.clone(), config.max_files, config.max_bytes),
+        }
+    }
+}
+
+impl Sink for DirSink {
+    fn export(&mut self, span: &Span, pprof: &Arc<[u8]>, shared: &Shared) {
+        match self.rotation.write(span.start, span.end, pprof) {
+            Ok((path, removed)) => {
+                tracing::debug!(path = %path.display(), removed, "window written");
+                shared.metrics().files_written += 1;
+            }
+            Err(err) => {
+                tracing::warn!("[dir]: {}", crate::agent::error_chain(&err));
+                shared.metrics().file_failures += 1;
+            }
+        }
+    }
+}
+
 /// Which of `files` (name, size) to remove, oldest (smallest name) first, so that at most
 /// `max_files` files and `max_bytes` bytes remain. The newest file always stays.
 pub fn removals(mut files: Vec<(String, u64)>, max_files: usize, max_bytes: u64) -> Vec<String> {
@@ -121,6 +201,29 @@ mod tests {
         );
         assert_eq!(removals(files(&[10]), 1, 5), Vec::<String>::new());
         assert!(removals(files(&[1, 1]), 2, 2).is_empty());
+    }
+
+    /// A missing folder, a file and an unwritable folder are refused with what to do, in the
+    /// agent's own words (no `-o`).
+    #[test]
+    fn check_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        check(dir.path()).unwrap();
+        let missing = check(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("does not exist; create it"), "{missing}");
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let not_a_folder = check(&file).unwrap_err().to_string();
+        assert!(not_a_folder.contains("is not a folder"), "{not_a_folder}");
+        // Root may write anywhere but in pseudo-filesystems.
+        let unwritable = check(Path::new("/proc")).unwrap_err().to_string();
+        assert!(unwritable.contains("is not writable"), "{unwritable}");
+        for message in [missing, not_a_folder, unwritable] {
+            assert!(
+                message.starts_with("[dir] path `") && !message.contains("-o"),
+                "{message}"
+            );
+        }
     }
 
     /// Written files rotate in a real directory, and other files are left alone.

@@ -14,7 +14,7 @@ use crate::bpf::{
 use crate::profile::Value;
 
 /// A stack as the kernel recorded it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RawStack {
     /// Instruction pointers, innermost first.
     Frames(Arc<[u64]>),
@@ -64,9 +64,10 @@ pub struct Drained {
     pub stats: KernelStats,
 }
 
-/// Reads all counts and the stacks they refer to. Each stack id is looked up once.
+/// Reads all counts of the generation being written and the stacks they refer to. Each
+/// stack id is looked up once.
 pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
-    read(bpf, Generation::First, events)
+    read(bpf, bpf.generation(), events)
 }
 
 /// Reads and then empties `generation`, which samples must no longer go to (see
@@ -81,6 +82,49 @@ pub fn drain_generation(
     bpf.carry_pending_blocks(generation)?;
     bpf.clear(generation)?;
     Ok(drained)
+}
+
+/// Samples drained from several generations, summed per (process, event, user stack,
+/// kernel stack): the same stack has a different id in each generation, so samples are
+/// keyed by their resolved frames. `prof record` drains into one while it records, so the
+/// stack map never has to hold more than one window's stacks.
+#[derive(Debug, Default)]
+pub struct Accumulated {
+    index: HashMap<(u32, usize, RawStack, RawStack), usize>,
+    samples: Vec<RawSample>,
+}
+
+impl Accumulated {
+    /// Adds one drain's samples.
+    pub fn add(&mut self, drained: Drained) {
+        for sample in drained.samples {
+            let key = (
+                sample.tgid,
+                sample.event,
+                sample.user.clone(),
+                sample.kernel.clone(),
+            );
+            match self.index.get(&key) {
+                Some(&at) => {
+                    let value = &mut self.samples[at].value;
+                    value.samples += sample.value.samples;
+                    value.period += sample.value.period;
+                }
+                None => {
+                    self.index.insert(key, self.samples.len());
+                    self.samples.push(sample);
+                }
+            }
+        }
+    }
+
+    /// All samples, with the kernel counters of the last drain (they are cumulative).
+    pub fn finish(self, stats: KernelStats) -> Drained {
+        Drained {
+            samples: self.samples,
+            stats,
+        }
+    }
 }
 
 fn read(bpf: &BpfProfiler, generation: Generation, events: usize) -> Result<Drained, BpfError> {

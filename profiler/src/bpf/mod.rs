@@ -58,7 +58,7 @@ pub struct BpfConfig {
     /// Entries of the counts map (`--counts-map-size`).
     pub counts_map_size: u32,
     /// Size both generations of the counts and stack maps, so that sampling can go on in one
-    /// while the other is drained (the agent). Otherwise only generation 0 is usable.
+    /// while the other is drained (`prof record` and the agent). Otherwise only generation 0 is usable.
     pub double_buffer: bool,
     /// Count one tracepoint hit in this many, with this weight (`-c N`); 1 counts every hit.
     pub tracepoint_period: u64,

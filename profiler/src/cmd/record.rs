@@ -149,6 +149,8 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             off_cpu_min: config.off_cpu_min,
             off_cpu_tasks: config.off_cpu_tasks,
             unwind: config.unwind,
+            // Drained every DRAIN_INTERVAL while it records, in the other generation.
+            double_buffer: true,
             ..BpfConfig::default()
         },
         &targets,
@@ -200,14 +202,16 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         workload.release()?;
     }
 
+    let mut accumulated = drain::Accumulated::default();
     let stopped = wait_for_stop(
         &config,
         &mut workload,
         &targets,
-        &bpf,
+        &mut bpf,
         &plan.events,
         &stop,
         started,
+        &mut accumulated,
     )?;
     bpf.detach();
     let duration = started.elapsed();
@@ -234,7 +238,10 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         None => None,
     };
     let stage = Instant::now();
-    let drained = drain::drain(&bpf, plan.events.len())?;
+    let last = drain::drain(&bpf, plan.events.len())?;
+    let stats = last.stats.clone();
+    accumulated.add(last);
+    let drained = accumulated.finish(stats);
     tracing::debug!(entries = drained.samples.len(), elapsed = ?stage.elapsed(), "drained the counts map");
     let mut process_events: Vec<TimedEvent> = snapshots
         .into_iter()
@@ -360,16 +367,24 @@ pub(crate) fn with_permission_hint_for(what: &'static str, err: BpfError) -> any
     }
 }
 
+/// How often `prof record` empties the maps while it records: it flips the generation
+/// samples go to, lets in-flight samples land, and drains the old one, so the stack map
+/// holds at most one interval's unique stacks instead of the whole recording's.
+const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
+
+#[allow(clippy::too_many_arguments)]
 fn wait_for_stop(
     config: &RecordConfig,
     workload: &mut Option<Workload>,
     pids: &[u32],
-    bpf: &BpfProfiler,
+    bpf: &mut BpfProfiler,
     events: &[Event],
     stop: &AtomicBool,
     started: Instant,
+    accumulated: &mut drain::Accumulated,
 ) -> Result<Stop> {
     let mut status = StatusLine::new();
+    let mut last_drain = Instant::now();
     let watch_pids = matches!(config.target, Target::Pids(_));
     let mut last_pid_check = Instant::now();
     loop {
@@ -389,6 +404,12 @@ fn wait_for_stop(
             if pids.iter().all(|&pid| procs::has_exited(pid)) {
                 return Ok(Stop::TargetsGone);
             }
+        }
+        if last_drain.elapsed() >= DRAIN_INTERVAL {
+            last_drain = Instant::now();
+            let old = bpf.flip().map_err(with_permission_hint)?;
+            std::thread::sleep(crate::cmd::agent::SETTLE);
+            accumulated.add(drain::drain_generation(bpf, old, events.len())?);
         }
         status.update(started.elapsed(), || bpf.stats(events.len()).ok(), events);
         std::thread::sleep(Duration::from_millis(20));

@@ -568,3 +568,36 @@ fn summary_reports_the_sampling_cost() {
     assert!((0.0..100.0).contains(&share), "{cost}");
     assert_eq!(cpus, "1 CPU", "{cost}");
 }
+
+/// A recording drains its maps while it runs, so it keeps more distinct stacks than the stack
+/// map holds, and counts each exactly as a recording whose map held them all: 3000 functions
+/// each call getppid() 3 times from their own place in a call tree (3000 distinct stacks,
+/// about a thousand a second) through a stack map of 2048, and every stack arrives with its
+/// 3 hits, none lost, none counted twice across a flip.
+#[test]
+fn draining_while_recording_keeps_more_stacks_than_the_map_holds() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tree.folded");
+    let output = record_ok(
+        "syscalls:sys_enter_getppid",
+        &[&out],
+        &["--stack-storage-size", "2048"],
+        &[
+            workload("call_tree").into_os_string(),
+            "calls".into(),
+            "3".into(),
+            "1000".into(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("lost: none"), "{stderr}");
+    let stacks: Vec<_> = read_folded(&out)
+        .into_iter()
+        .filter(|(frames, _)| frames[0] == "call_tree")
+        .collect();
+    assert_eq!(weight(&stacks, |_| true), 9000, "{stderr}");
+    assert_eq!(stacks.len(), 3000, "distinct stacks: {stderr}");
+    let wrong: Vec<_> = stacks.iter().filter(|(_, n)| *n != 3).collect();
+    assert!(wrong.is_empty(), "stacks not hit 3 times: {wrong:?}");
+}

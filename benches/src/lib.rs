@@ -108,10 +108,9 @@ impl Drop for Reaped {
 }
 
 /// The time in seconds that a finished run of `workloads/fixed_work.c` printed.
-pub fn workload_seconds(output: &std::process::Output) -> anyhow::Result<f64> {
-    use anyhow::Context;
+pub fn workload_seconds(output: &std::process::Output) -> Result<f64> {
     if !output.status.success() {
-        anyhow::bail!("the workload failed: {}", output.status);
+        bail!("the workload failed: {}", output.status);
     }
     String::from_utf8_lossy(&output.stdout)
         .trim()

@@ -75,8 +75,26 @@ fn init_logging(filter: &str) {
         .init();
 }
 
+/// Tells glibc's allocator to give memory back, since the agent runs for months in a budget
+/// of 50 MB. By default each thread that allocates gets an arena of its own (up to 8 per
+/// CPU) that keeps what it freed, and the threshold above which blocks are mmapped (and so
+/// returned at free) rises to the largest block freed: after one big binary's unwind table
+/// or symbols (tens of MB, built and freed) the heap kept them. Measured on a 2-CPU VM with a
+/// waiting `rustc` (librustc_driver and libLLVM): RssAnon 16 MB → 28 MB by default, 4.6 MB →
+/// 11.6 MB with one arena and a fixed 1 MiB threshold. The agent's threads allocate little
+/// and seldom at once, so one arena costs no measurable contention.
+fn keep_the_heap_small() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before the agent starts
+    // its threads, and a refused value (0) just leaves glibc's default in place.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Runs the agent until SIGTERM, SIGINT or SIGHUP; returns the exit code.
 pub fn run(config: AgentConfig) -> Result<u8> {
+    keep_the_heap_small();
     init_logging(&config.log);
     privilege::check("prof agent")?;
     if let Some(dir) = &config.dir {

@@ -149,7 +149,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             off_cpu_min: config.off_cpu_min,
             off_cpu_tasks: config.off_cpu_tasks,
             unwind: config.unwind,
-            // Drained every DRAIN_INTERVAL while it records, in the other generation.
+            // Emptied while it records, one generation while the other fills (`Drainer`).
             double_buffer: true,
             ..BpfConfig::default()
         },
@@ -202,7 +202,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         workload.release()?;
     }
 
-    let mut accumulated = drain::Accumulated::default();
+    let mut drainer = Drainer::new(config.stack_storage_size, config.counts_map_size);
     let stopped = wait_for_stop(
         &config,
         &mut workload,
@@ -211,7 +211,7 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         &plan.events,
         &stop,
         started,
-        &mut accumulated,
+        &mut drainer,
     )?;
     bpf.detach();
     let duration = started.elapsed();
@@ -238,11 +238,9 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         None => None,
     };
     let stage = Instant::now();
-    let last = drain::drain(&bpf, plan.events.len())?;
-    let stats = last.stats.clone();
-    accumulated.add(last);
-    let drained = accumulated.finish(stats);
-    tracing::debug!(entries = drained.samples.len(), elapsed = ?stage.elapsed(), "drained the counts map");
+    let drains = drainer.drains;
+    let drained = drainer.finish(drain::drain(&bpf, plan.events.len())?);
+    tracing::debug!(entries = drained.samples.len(), drains, elapsed = ?stage.elapsed(), "drained the counts map");
     let mut process_events: Vec<TimedEvent> = snapshots
         .into_iter()
         .map(|event| TimedEvent {
@@ -367,10 +365,91 @@ pub(crate) fn with_permission_hint_for(what: &'static str, err: BpfError) -> any
     }
 }
 
-/// How often `prof record` empties the maps while it records: it flips the generation
-/// samples go to, lets in-flight samples land, and drains the old one, so the stack map
-/// holds at most one interval's unique stacks instead of the whole recording's.
-const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Empties the kernel's maps while `prof record` records, so that they bound only what
+/// arrives between two drains, not the whole recording.
+///
+/// Each sample adds at most one counts entry and two stacks (user and kernel). Once the
+/// samples since the last flip could have filled half of either map, the drainer flips the
+/// generation samples go to, lets in-flight samples land, and reads and empties the old one
+/// into the userspace aggregate. A recording whose samples never reach that point never
+/// flips, and costs nothing more than before.
+struct Drainer {
+    /// Samples after which the generation being written may be half full.
+    threshold: u64,
+    /// The kernel's sample count (all events) at the last flip.
+    at_flip: u64,
+    /// Drains done.
+    drains: u64,
+    /// Whether draining still works (after a failure the maps fill up to the end, counted
+    /// as losses as before).
+    enabled: bool,
+    accumulated: drain::Accumulated,
+}
+
+impl Drainer {
+    fn new(stack_storage_size: u32, counts_map_size: u32) -> Drainer {
+        Drainer {
+            threshold: drain_threshold(stack_storage_size, counts_map_size),
+            at_flip: 0,
+            drains: 0,
+            enabled: true,
+            accumulated: drain::Accumulated::default(),
+        }
+    }
+
+    /// Drains the generation being written if enough samples arrived since the last flip.
+    fn poll(&mut self, bpf: &mut BpfProfiler, events: usize) {
+        if !self.enabled {
+            return;
+        }
+        let seen = match bpf.samples_seen(events) {
+            Ok(seen) => seen,
+            Err(err) => return self.fail(err),
+        };
+        if seen.saturating_sub(self.at_flip) < self.threshold {
+            return;
+        }
+        self.at_flip = seen;
+        let old = match bpf.flip() {
+            Ok(old) => old,
+            Err(err) => return self.fail(err),
+        };
+        std::thread::sleep(crate::cmd::agent::SETTLE);
+        match drain::drain_generation(bpf, old, events) {
+            Ok(drained) => {
+                self.accumulated.add(drained);
+                self.drains += 1;
+            }
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn fail(&mut self, err: BpfError) {
+        self.enabled = false;
+        say!(
+            "prof: warning: cannot empty the BPF maps while recording ({:#}); they now fill up \
+             until the end, and stacks that find them full are counted as lost",
+            anyhow::Error::new(err)
+        );
+    }
+
+    /// Everything drained, with the last drain (of the generation being written when
+    /// sampling stopped).
+    fn finish(mut self, last: drain::Drained) -> drain::Drained {
+        let stats = last.stats.clone();
+        self.accumulated.add(last);
+        self.accumulated.finish(stats)
+    }
+}
+
+/// The samples after which a generation of `stacks` stacks and `counts` counts entries
+/// may be half full: each sample adds at most one counts entry and two stacks.
+fn drain_threshold(stacks: u32, counts: u32) -> u64 {
+    (u64::from(stacks) / 2)
+        .min(u64::from(counts))
+        .div_ceil(2)
+        .max(1)
+}
 
 #[allow(clippy::too_many_arguments)]
 fn wait_for_stop(
@@ -381,10 +460,9 @@ fn wait_for_stop(
     events: &[Event],
     stop: &AtomicBool,
     started: Instant,
-    accumulated: &mut drain::Accumulated,
+    drainer: &mut Drainer,
 ) -> Result<Stop> {
     let mut status = StatusLine::new();
-    let mut last_drain = Instant::now();
     let watch_pids = matches!(config.target, Target::Pids(_));
     let mut last_pid_check = Instant::now();
     loop {
@@ -405,12 +483,7 @@ fn wait_for_stop(
                 return Ok(Stop::TargetsGone);
             }
         }
-        if last_drain.elapsed() >= DRAIN_INTERVAL {
-            last_drain = Instant::now();
-            let old = bpf.flip().map_err(with_permission_hint)?;
-            std::thread::sleep(crate::cmd::agent::SETTLE);
-            accumulated.add(drain::drain_generation(bpf, old, events.len())?);
-        }
+        drainer.poll(bpf, events.len());
         status.update(started.elapsed(), || bpf.stats(events.len()).ok(), events);
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -71,7 +71,7 @@ struct Measurement {
     /// The largest peak RSS of the pipeline's processes, bytes.
     peak_rss: u64,
     samples: u64,
-    /// Unique stacks (prof: by address, from its summary; perf: folded lines).
+    /// Unique stacks (prof: by address, from its summary; perf: folded lines, by function).
     unique: u64,
     /// Samples whose stack was lost (prof's summary; perf reports none here).
     lost: u64,
@@ -134,7 +134,7 @@ fn main() -> Result<()> {
         }
     }
     println!(
-        "| profiler | samples | unique stacks | lost | end of workload to outputs | peak RSS |"
+        "| profiler | samples | unique stacks (prof: addresses; perf: folded lines) | lost | end of workload to outputs | peak RSS |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
     for (profiler, ms) in profilers.iter().zip(&measured) {
@@ -248,17 +248,25 @@ fn measure(profiler: &Profiler, call_tree: &Path, args: &Args, dir: &Path) -> Re
                 bail!("inferno-flamegraph failed: {status}");
             }
             let done = SystemTime::now();
-            let text = fs::read_to_string(&folded)?;
-            let (mut samples, mut unique) = (0, 0);
-            for line in text.lines() {
-                if let Some(count) = line
-                    .rsplit_once(' ')
-                    .and_then(|(_, n)| n.parse::<u64>().ok())
-                {
-                    samples += count;
-                    unique += 1;
-                }
-            }
+            let unique = fs::read_to_string(&folded)?.lines().count() as u64;
+            // The folded counts above are periods; count samples once more, untimed, without
+            // the period field (inferno then counts one per sample).
+            let mut script = Command::new("perf")
+                .args(["script", "-F", "comm,pid,tid,time,event,ip,sym,dso", "-i"])
+                .arg(&data)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting perf script")?;
+            let counted = Command::new(inferno_tools().context("inferno tools")?.0)
+                .stdin(script.stdout.take().context("piped")?)
+                .output()
+                .context("running inferno-collapse-perf")?;
+            script.wait()?;
+            let samples = String::from_utf8_lossy(&counted.stdout)
+                .lines()
+                .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+                .sum();
             Ok(Measurement {
                 to_outputs: done.duration_since(ended(&marker)?)?.as_secs_f64(),
                 peak_rss,

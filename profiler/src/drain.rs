@@ -142,7 +142,7 @@ fn resolve(taken: Taken, stats: KernelStats) -> Drained {
             let stack = if frames.is_empty() {
                 RawStack::Failed(libc::ENOENT)
             } else {
-                RawStack::Frames(frames.into())
+                RawStack::Frames(frames)
             };
             (id, stack)
         })

@@ -8,6 +8,7 @@
 //! [clears](BpfProfiler::clear) the one it left.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 
@@ -222,16 +223,12 @@ impl BpfProfiler {
         &self,
         generation: Generation,
     ) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
-        self.batch(generation.counts_map(), Batch::Read)
+        self.counts_batch(generation, Batch::Read)
     }
 
     /// Every stack of one generation, by id, innermost frame first.
-    pub fn stacks_in(&self, generation: Generation) -> Result<Vec<(u64, Vec<u64>)>, BpfError> {
-        let stacks: Vec<(u64, StackTrace)> = self.batch(generation.stacks_map(), Batch::Read)?;
-        Ok(stacks
-            .into_iter()
-            .map(|(id, trace)| (id, frames(&trace)))
-            .collect())
+    pub fn stacks_in(&self, generation: Generation) -> Result<Vec<IdStack>, BpfError> {
+        self.stacks_batch(generation, Batch::Read)
     }
 
     /// Reads and empties one generation's counts and stack maps, a batch of entries per
@@ -241,28 +238,53 @@ impl BpfProfiler {
             generation, self.generation,
             "the generation being written is never emptied"
         );
-        let counts = self.batch(generation.counts_map(), Batch::ReadAndDelete)?;
-        let stacks: Vec<(u64, StackTrace)> =
-            self.batch(generation.stacks_map(), Batch::ReadAndDelete)?;
-        let stacks = stacks
-            .into_iter()
-            .map(|(id, trace)| (id, frames(&trace)))
-            .collect();
-        Ok(Taken { counts, stacks })
+        Ok(Taken {
+            counts: self.counts_batch(generation, Batch::ReadAndDelete)?,
+            stacks: self.stacks_batch(generation, Batch::ReadAndDelete)?,
+        })
+    }
+
+    fn counts_batch(
+        &self,
+        generation: Generation,
+        batch: Batch,
+    ) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
+        let mut counts = Vec::new();
+        self.batch(generation.counts_map(), batch, |keys, values| {
+            counts.extend(keys.iter().copied().zip(values.iter().copied()));
+        })?;
+        Ok(counts)
+    }
+
+    fn stacks_batch(&self, generation: Generation, batch: Batch) -> Result<Vec<IdStack>, BpfError> {
+        let mut stacks = Vec::new();
+        self.batch(
+            generation.stacks_map(),
+            batch,
+            |ids: &[u64], traces: &[StackTrace]| {
+                stacks.extend(
+                    ids.iter()
+                        .zip(traces)
+                        .map(|(&id, trace)| (id, Arc::from(frames(trace)))),
+                );
+            },
+        )?;
+        Ok(stacks)
     }
 
     fn batch<K: aya::Pod, V: aya::Pod>(
         &self,
         name: &'static str,
         batch: Batch,
-    ) -> Result<Vec<(K, V)>, BpfError> {
+        each: impl FnMut(&[K], &[V]),
+    ) -> Result<(), BpfError> {
         // Opening it typed checks that `K` and `V` have the map's key and value sizes, which
         // the batch call relies on.
         HashMap::<&MapData, K, V>::try_from(self.map(name)).map_err(map_err(name))?;
         let Map::HashMap(data) = self.map(name) else {
             unreachable!("{name} opened as a hash map");
         };
-        sys::lookup_batch(data.fd().as_fd(), batch, BATCH).map_err(|source| BpfError::Batch {
+        sys::lookup_batch(data.fd().as_fd(), batch, BATCH, each).map_err(|source| BpfError::Batch {
             command: match batch {
                 Batch::Read => "BPF_MAP_LOOKUP_BATCH",
                 Batch::ReadAndDelete => "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
@@ -279,7 +301,7 @@ impl BpfProfiler {
         let stacks: HashMap<&MapData, u64, StackTrace> =
             HashMap::try_from(self.map(name)).map_err(map_err(name))?;
         match stacks.get(&id, 0) {
-            Ok(trace) => Ok(Some(frames(&trace))),
+            Ok(trace) => Ok(Some(frames(&trace).to_vec())),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(BpfError::Map { map: name, source }),
         }
@@ -292,23 +314,26 @@ impl BpfProfiler {
     }
 }
 
+/// A stack by its id in the stack map, innermost frame first.
+pub type IdStack = (u64, Arc<[u64]>);
+
 /// What [`BpfProfiler::take`] read out of a generation.
 #[derive(Clone, Debug, Default)]
 pub struct Taken {
     /// The counts.
     pub counts: Vec<(SampleKey, SampleValue)>,
     /// The stacks, by id, innermost frame first.
-    pub stacks: Vec<(u64, Vec<u64>)>,
+    pub stacks: Vec<IdStack>,
 }
 
 /// A trace's frames: up to the first zero.
-fn frames(trace: &StackTrace) -> Vec<u64> {
-    trace
+fn frames(trace: &StackTrace) -> &[u64] {
+    let depth = trace
         .ips
         .iter()
-        .copied()
-        .take_while(|&ip| ip != 0)
-        .collect()
+        .position(|&ip| ip == 0)
+        .unwrap_or(trace.ips.len());
+    &trace.ips[..depth]
 }
 
 #[cfg(test)]
@@ -357,7 +382,7 @@ mod tests {
                 stacks.insert(STACK_ID_MIN + i, trace, 0).unwrap();
             }
         }
-        let check = |counts: &[(SampleKey, SampleValue)], stacks: &[(u64, Vec<u64>)]| {
+        let check = |counts: &[(SampleKey, SampleValue)], stacks: &[(u64, Arc<[u64]>)]| {
             let mut counts = counts.to_vec();
             counts.sort_by_key(|(key, _)| key.tgid);
             let expected: Vec<_> = (0..3000)
@@ -373,7 +398,7 @@ mod tests {
             let mut stacks = stacks.to_vec();
             stacks.sort();
             let expected: Vec<_> = (0..3000)
-                .map(|i| (STACK_ID_MIN + i, vec![i + 1, i + 2, i + 3]))
+                .map(|i| (STACK_ID_MIN + i, Arc::from([i + 1, i + 2, i + 3])))
                 .collect();
             assert_eq!(stacks, expected);
         };

@@ -111,16 +111,18 @@ pub enum Batch {
     ReadAndDelete,
 }
 
-/// Reads every entry of the hash map `map`, `chunk` entries per `bpf()` call, and with
-/// [`Batch::ReadAndDelete`] deletes them as they are read (bucket by bucket, atomically with
-/// the read, so an entry a program adds meanwhile is either read or kept, never lost).
+/// Reads every entry of the hash map `map`, `chunk` entries per `bpf()` call, and hands each
+/// batch's keys and values to `each`. With [`Batch::ReadAndDelete`] the entries are deleted as
+/// they are read (bucket by bucket, atomically with the read, so an entry a program adds
+/// meanwhile is either read or kept, never lost).
 ///
 /// `K` and `V` must be the map's key and value types, of exactly its key and value sizes.
 pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
     map: BorrowedFd<'_>,
     batch: Batch,
     chunk: u32,
-) -> io::Result<Vec<(K, V)>> {
+    mut each: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
     let command = match batch {
         Batch::Read => BPF_MAP_LOOKUP_BATCH,
         Batch::ReadAndDelete => BPF_MAP_LOOKUP_AND_DELETE_BATCH,
@@ -128,11 +130,12 @@ pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
     let mut chunk = chunk.max(1);
     let mut keys: Vec<K> = Vec::with_capacity(chunk as usize);
     let mut values: Vec<V> = Vec::with_capacity(chunk as usize);
-    let mut entries = Vec::new();
-    // The resume token: a bucket index for hash maps. Eight bytes leave room to spare.
+    // The resume token: a bucket index for hash maps. Sixteen bytes leave room to spare.
     let mut position = [0u64; 2];
     let mut first = true;
     loop {
+        keys.clear();
+        values.clear();
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { position.as_ptr() as u64 },
             out_batch: position.as_mut_ptr() as u64,
@@ -144,9 +147,10 @@ pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
         };
         // SAFETY: `attr` is a fully initialised `union bpf_attr` prefix for the batch
         // commands, of the size passed. The kernel writes at most `chunk` keys and values
-        // into `keys` and `values`, whose capacities are `chunk` elements of the map's key and
-        // value types (the caller's contract), and its resume token into `position`, which
-        // is larger than the u32 a hash map writes. All of them outlive the call.
+        // into `keys` and `values`, whose capacities are at least `chunk` elements of the
+        // map's key and value types (the caller's contract), and its resume token into
+        // `position`, which is larger than the u32 a hash map writes. All of them outlive
+        // the call.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -178,9 +182,9 @@ pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
             keys.set_len(count);
             values.set_len(count);
         }
-        entries.extend(keys.drain(..).zip(values.drain(..)));
+        each(&keys, &values);
         if err.is_some() {
-            return Ok(entries);
+            return Ok(());
         }
         first = false;
     }

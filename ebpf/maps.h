@@ -4,8 +4,8 @@
  *
  * The counts and stacks live in two generations of maps (`counts_0`/`stacks_0` and
  * `counts_1`/`stacks_1`); the `generation` map says which one the programs write. `prof
- * record` only ever uses generation 0. `prof agent` flips the generation at the end of each
- * window, then drains and clears the generation it left, so no sample is lost across the
+ * agent` flips the generation at the end of each window, and `prof record` every second, then
+ * drains and clears the generation it left, so no sample is lost across the
  * boundary and the maps never need to be cleared while the programs write them.
  */
 #ifndef PROF_MAPS_H

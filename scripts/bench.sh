@@ -5,6 +5,8 @@
 #   scripts/bench.sh slowdown  a fixed workload under nothing, prof, perf -g and perf dwarf
 #   scripts/bench.sh beside    each profiler on one CPU beside an unprofiled copy on the other
 #                              (add --dwarf: prof's tables against perf --call-graph dwarf)
+#   scripts/bench.sh big       a recording of ~150k unique stacks: prof against perf record -g,
+#                              end of workload to outputs and peak RSS
 #   scripts/bench.sh stages    criterion benches of drain, symbolization and export
 #   scripts/bench.sh           all of them
 # Arguments after the first go to the harness, e.g. `scripts/bench.sh slowdown --rounds 3`.
@@ -22,7 +24,7 @@ packages=""
 if ! command -v clang >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ]; then
     packages="clang libbpf-dev"
 fi
-if [ "$what" = slowdown ] || [ "$what" = beside ] || [ "$what" = all ]; then
+if [ "$what" = slowdown ] || [ "$what" = beside ] || [ "$what" = big ] || [ "$what" = all ]; then
     perf --version >/dev/null 2>&1 || packages="$packages linux-perf"
 fi
 if [ -n "$packages" ]; then
@@ -33,7 +35,7 @@ fi
 
 cargo build --release -p prof --bin prof
 cargo build --release -p prof-benches --bins
-if [ "$what" = beside ] || [ "$what" = all ]; then
+if [ "$what" = beside ] || [ "$what" = big ] || [ "$what" = all ]; then
     # inferno's own collapse and flame graph tools, for perf's side of the comparison.
     [ -x target/inferno/bin/inferno-collapse-perf ] \
         || cargo install -q inferno --version 0.12.8 --root target/inferno
@@ -47,6 +49,7 @@ kernel) $sudo target/release/kernel-cost "$@" ;;
 run-array) $sudo target/release/run-array "$@" ;;
 slowdown) $sudo target/release/slowdown "$@" ;;
 beside) $sudo env INFERNO_BIN="$INFERNO_BIN" target/release/beside "$@" ;;
+big) $sudo env INFERNO_BIN="$INFERNO_BIN" target/release/big "$@" ;;
 stages) cargo bench -p prof-benches --bench stages -- "$@" ;;
 all)
     $sudo target/release/kernel-cost
@@ -54,10 +57,11 @@ all)
     $sudo target/release/slowdown
     $sudo target/release/beside
     $sudo env INFERNO_BIN="$INFERNO_BIN" target/release/beside --dwarf
+    $sudo env INFERNO_BIN="$INFERNO_BIN" target/release/big
     cargo bench -p prof-benches --bench stages
     ;;
 *)
-    echo "usage: scripts/bench.sh [kernel|run-array|slowdown|beside|stages|all] [harness arguments]" >&2
+    echo "usage: scripts/bench.sh [kernel|run-array|slowdown|beside|big|stages|all] [harness arguments]" >&2
     exit 2
     ;;
 esac

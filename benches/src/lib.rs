@@ -22,26 +22,35 @@ fn build_workload(name: &str, frame_pointers: bool) -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let source = root.join("workloads").join(format!("{name}.c"));
     let out_dir = root.join("../target/bench-workloads");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let (binary, flags) = if frame_pointers {
-        (out_dir.join(name), ["-O1", "-fno-omit-frame-pointer"])
-    } else {
-        (
-            out_dir.join(format!("{name}_nofp")),
-            ["-O2", "-fomit-frame-pointer"],
+    if frame_pointers {
+        compile(
+            &source,
+            &out_dir.join(name),
+            &["-O1", "-fno-omit-frame-pointer"],
         )
-    };
+    } else {
+        compile(
+            &source,
+            &out_dir.join(format!("{name}_nofp")),
+            &["-O2", "-fomit-frame-pointer"],
+        )
+    }
+}
+
+fn compile(source: &Path, binary: &Path, flags: &[&str]) -> Result<PathBuf> {
+    let out_dir = binary.parent().context("a binary's folder")?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let status = Command::new("cc")
         .args(flags)
         .args(["-g", "-pthread", "-Wall", "-Werror", "-o"])
-        .arg(&binary)
-        .arg(&source)
+        .arg(binary)
+        .arg(source)
         .status()
         .context("running cc to build a workload")?;
     if !status.success() {
         bail!("cc failed to build {}", source.display());
     }
-    Ok(binary)
+    Ok(binary.to_path_buf())
 }
 
 /// The release `prof` binary next to this harness (`scripts/bench.sh` builds both).
@@ -105,6 +114,57 @@ impl Drop for Reaped {
             let _ = child.wait();
         }
     }
+}
+
+/// inferno-collapse-perf and inferno-flamegraph: from `INFERNO_BIN`, or on PATH.
+pub fn inferno_tools() -> Option<(PathBuf, PathBuf)> {
+    let find = |name: &str| -> Option<PathBuf> {
+        let dirs = std::env::var_os("INFERNO_BIN")
+            .into_iter()
+            .chain(std::env::var_os("PATH"));
+        dirs.flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    };
+    Some((find("inferno-collapse-perf")?, find("inferno-flamegraph")?))
+}
+
+/// Waits for `child` and returns how it ended and its peak resident memory in bytes (the
+/// largest of it and the descendants it waited for), from wait4's rusage.
+pub fn wait_with_peak_rss(child: std::process::Child) -> Result<(std::process::ExitStatus, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(child.id()).context("a child's pid fits a pid_t")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid for writes and outlive the call; the pid is
+        // our own unreaped child, which `child` (consumed here) will not wait for again.
+        let ret = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if ret == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).context("wait4");
+        }
+    }
+    drop(child);
+    let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    Ok((std::process::ExitStatus::from_raw(status), peak))
+}
+
+/// Builds `profiler/tests/workloads/<name>.c` (a workload of prof's own tests) with frame
+/// pointers into `target/bench-workloads` and returns the binary's path.
+pub fn test_workload(name: &str) -> Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    compile(
+        &root
+            .join("../profiler/tests/workloads")
+            .join(format!("{name}.c")),
+        &root.join("../target/bench-workloads").join(name),
+        &["-O1", "-fno-omit-frame-pointer"],
+    )
 }
 
 /// The time in seconds that a finished run of `workloads/fixed_work.c` printed.

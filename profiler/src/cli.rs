@@ -547,14 +547,17 @@ pub struct RecordArgs {
     )]
     pub outputs: Vec<PathBuf>,
 
-    /// Distinct stacks the kernel can store (about 1 KiB of kernel memory each, reserved up
-    /// front); raise it when the summary reports a full stack map.
-    #[arg(long, value_name = "N", default_value_t = 32768, value_parser = map_size(), allow_negative_numbers = true)]
+    /// Distinct stacks the kernel stores between two drains (about 1 KiB of kernel memory
+    /// each, reserved up front, twice: prof empties one map while the other fills). prof
+    /// drains before a map can be half full, so a recording of any length needs no more;
+    /// raise it only if the summary reports a full stack map.
+    #[arg(long, value_name = "N", default_value_t = 16384, value_parser = map_size(), allow_negative_numbers = true)]
     pub stack_storage_size: u32,
 
-    /// Distinct (process, event, stack) entries the kernel can count (88 bytes of kernel
-    /// memory each); raise it when the summary reports a full counts map.
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = map_size(), allow_negative_numbers = true)]
+    /// Distinct (process, event, stack) entries the kernel counts between two drains (88
+    /// bytes of kernel memory each, twice, as for the stacks); raise it only if the summary
+    /// reports a full counts map.
+    #[arg(long, value_name = "N", default_value_t = 32768, value_parser = map_size(), allow_negative_numbers = true)]
     pub counts_map_size: u32,
 
     #[command(flatten)]
@@ -672,7 +675,8 @@ impl RecordArgs {
         check_map_sizes(MapSizes {
             stacks: self.stack_storage_size,
             counts: self.counts_map_size,
-            generations: 1,
+            // Two generations: one fills while prof empties the other.
+            generations: 2,
             unwind_rows: match mode {
                 UnwindMode::Auto => rows,
                 UnwindMode::Fp => 0,

@@ -5,16 +5,16 @@
 //! [`Drained`], one [`RawSample`] per (process, event, user stack, kernel stack) with raw
 //! instruction pointers, and the kernel's loss counters (cumulative since load).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use crate::bpf::{
-    BpfError, BpfProfiler, Generation, KernelStats, STACK_ID_MIN, STACK_NOT_TAKEN, SampleKey,
+    BpfError, BpfProfiler, Generation, KernelStats, STACK_ID_MIN, STACK_NOT_TAKEN, SampleKey, Taken,
 };
 use crate::profile::Value;
 
 /// A stack as the kernel recorded it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RawStack {
     /// Instruction pointers, innermost first.
     Frames(Arc<[u64]>),
@@ -64,9 +64,16 @@ pub struct Drained {
     pub stats: KernelStats,
 }
 
-/// Reads all counts and the stacks they refer to. Each stack id is looked up once.
+/// Reads all counts of the generation being written and the stacks they refer to, a batch
+/// of entries per syscall.
 pub fn drain(bpf: &BpfProfiler, events: usize) -> Result<Drained, BpfError> {
-    read(bpf, Generation::First, events)
+    let generation = bpf.generation();
+    let stats = bpf.stats(events)?;
+    // Counts first: a program stores a sample's stacks before it counts the sample, so every
+    // count read has its stacks among those read after it.
+    let counts = bpf.counts_in(generation)?;
+    let stacks = bpf.stacks_in(generation)?;
+    Ok(resolve(Taken { counts, stacks }, stats))
 }
 
 /// Reads and then empties `generation`, which samples must no longer go to (see
@@ -77,58 +84,102 @@ pub fn drain_generation(
     generation: Generation,
     events: usize,
 ) -> Result<Drained, BpfError> {
-    let drained = read(bpf, generation, events)?;
-    bpf.carry_pending_blocks(generation)?;
-    bpf.clear(generation)?;
-    Ok(drained)
-}
-
-fn read(bpf: &BpfProfiler, generation: Generation, events: usize) -> Result<Drained, BpfError> {
     let stats = bpf.stats(events)?;
-    let mut stacks: HashMap<u64, RawStack> = HashMap::new();
-    let mut samples = Vec::new();
-    for (key, value) in bpf.counts_in(generation)? {
-        let SampleKey {
-            tgid,
-            event,
-            user_stack,
-            kernel_stack,
-        } = key;
-        let user = resolve(bpf, generation, &mut stacks, user_stack)?;
-        let kernel = resolve(bpf, generation, &mut stacks, kernel_stack)?;
-        samples.push(RawSample {
-            tgid,
-            event: event as usize,
-            user,
-            kernel,
-            value: Value {
-                samples: value.samples,
-                period: value.period,
-            },
-        });
-    }
-    Ok(Drained { samples, stats })
+    bpf.carry_pending_blocks(generation)?;
+    let taken = bpf.take(generation)?;
+    Ok(resolve(taken, stats))
 }
 
-fn resolve(
-    bpf: &BpfProfiler,
-    generation: Generation,
-    cache: &mut HashMap<u64, RawStack>,
-    id: u64,
-) -> Result<RawStack, BpfError> {
-    if id == STACK_NOT_TAKEN {
-        return Ok(RawStack::NotTaken);
+/// Samples drained from several generations, summed per (process, event, user stack,
+/// kernel stack): the same stack has a different id in each generation, so samples are
+/// keyed by their resolved frames. `prof record` drains into one while it records, so the
+/// stack map never has to hold more than one window's stacks.
+#[derive(Debug, Default)]
+pub struct Accumulated {
+    index: HashMap<(u32, usize, RawStack, RawStack), usize>,
+    samples: Vec<RawSample>,
+}
+
+impl Accumulated {
+    /// Adds one drain's samples.
+    pub fn add(&mut self, drained: Drained) {
+        for sample in drained.samples {
+            let key = (
+                sample.tgid,
+                sample.event,
+                sample.user.clone(),
+                sample.kernel.clone(),
+            );
+            match self.index.get(&key) {
+                Some(&at) => {
+                    let value = &mut self.samples[at].value;
+                    value.samples += sample.value.samples;
+                    value.period += sample.value.period;
+                }
+                None => {
+                    self.index.insert(key, self.samples.len());
+                    self.samples.push(sample);
+                }
+            }
+        }
     }
-    if id < STACK_ID_MIN {
-        return Ok(RawStack::Failed(id as i32));
+
+    /// All samples, with the kernel counters of the last drain (they are cumulative).
+    pub fn finish(self, stats: KernelStats) -> Drained {
+        Drained {
+            samples: self.samples,
+            stats,
+        }
     }
-    if let Some(stack) = cache.get(&id) {
-        return Ok(stack.clone());
-    }
-    let stack = match bpf.stack_in(generation, id)? {
-        Some(frames) if !frames.is_empty() => RawStack::Frames(frames.into()),
-        _ => RawStack::Failed(libc::ENOENT),
+}
+
+/// Pairs each count with its stacks.
+fn resolve(taken: Taken, stats: KernelStats) -> Drained {
+    let stacks: HashMap<u64, RawStack> = taken
+        .stacks
+        .into_iter()
+        .map(|(id, frames)| {
+            let stack = if frames.is_empty() {
+                RawStack::Failed(libc::ENOENT)
+            } else {
+                RawStack::Frames(frames)
+            };
+            (id, stack)
+        })
+        .collect();
+    let stack = |id: u64| -> RawStack {
+        if id == STACK_NOT_TAKEN {
+            RawStack::NotTaken
+        } else if id < STACK_ID_MIN {
+            RawStack::Failed(id as i32)
+        } else {
+            stacks
+                .get(&id)
+                .cloned()
+                .unwrap_or(RawStack::Failed(libc::ENOENT))
+        }
     };
-    cache.insert(id, stack.clone());
-    Ok(stack)
+    let samples = taken
+        .counts
+        .into_iter()
+        .map(|(key, value)| {
+            let SampleKey {
+                tgid,
+                event,
+                user_stack,
+                kernel_stack,
+            } = key;
+            RawSample {
+                tgid,
+                event: event as usize,
+                user: stack(user_stack),
+                kernel: stack(kernel_stack),
+                value: Value {
+                    samples: value.samples,
+                    period: value.period,
+                },
+            }
+        })
+        .collect();
+    Drained { samples, stats }
 }

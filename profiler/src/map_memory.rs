@@ -67,8 +67,8 @@ pub struct MapSizes {
     pub stacks: u32,
     /// `--counts-map-size`: distinct (process, event, stack) keys per generation.
     pub counts: u32,
-    /// How many generations are reserved at full size: 1 for `prof record`, 2 for the agent,
-    /// which fills one while it drains the other.
+    /// How many generations are reserved at full size: 2 for `prof record` and the agent,
+    /// which fill one while they drain the other (1 for callers that never flip).
     pub generations: u32,
     /// `--unwind-table-size`: rows of the unwind tables (0 with `--unwind fp`), one array
     /// shared by every generation.
@@ -214,14 +214,14 @@ pub fn bytes(n: u64) -> String {
 mod tests {
     use super::*;
 
-    /// The default sizes cost what the README says: about 35 MB of stacks and 7 MB of
-    /// counts; a size of 2^32 - 1 costs terabytes and is refused with both costs named.
+    /// `prof record`'s default sizes (two generations) cost what the README says: about 35
+    /// MB of stacks and 7 MB of counts; a size of 2^32 - 1 costs terabytes and is refused with both costs named.
     #[test]
     fn costs_and_refusals() {
         let record = MapSizes {
-            stacks: 32768,
-            counts: 65536,
-            generations: 1,
+            stacks: 16384,
+            counts: 32768,
+            generations: 2,
             unwind_rows: 0,
         };
         let (stacks, counts) = record.bytes(2);
@@ -234,23 +234,24 @@ mod tests {
         };
         let err = huge.check(2, 20_000_000_000).unwrap_err().to_string();
         assert!(err.contains("--stack-storage-size 4294967295"), "{err}");
-        assert!(err.contains("4.7 TB"), "{err}");
+        assert!(err.contains("9.3 TB"), "{err}");
         assert!(err.contains("1,072 bytes each"), "{err}");
+        assert!(err.contains("twice for 2 generations"), "{err}");
         assert!(err.contains("20.0 GB this machine has available"), "{err}");
         assert!(err.ends_with("lower --stack-storage-size"), "{err}");
-        // Ten million stacks fit in 24 GB but take long to reserve: a warning.
+        // Five million stacks a generation fit in 24 GB but take long to reserve: a warning.
         let big = MapSizes {
-            stacks: 10_000_000,
+            stacks: 5_000_000,
             ..record
         };
         let warning = big.check(2, 24_000_000_000).unwrap().expect("a warning");
         assert!(warning.contains("11.0 GB of kernel memory"), "{warning}");
-        // The agent reserves two generations.
-        let agent = MapSizes {
-            generations: 2,
+        // Two generations reserve twice what one does (whose other map has one entry).
+        let one = MapSizes {
+            generations: 1,
             ..record
         };
-        assert!(agent.bytes(2).0 > 2 * stacks - 1_000_000);
+        assert!(stacks > 2 * one.bytes(2).0 - 1_000_000);
         // Unwind rows are 8 bytes each; 2^32 - 1 of them is 34 GB.
         let rows = MapSizes {
             unwind_rows: u32::MAX,

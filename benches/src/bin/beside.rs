@@ -19,7 +19,7 @@
 //! tools first).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use prof_benches::{
-    Reaped, machine, machine_load, median, prof_binary, workload, workload_seconds,
+    Reaped, inferno_tools, machine, machine_load, median, prof_binary, workload, workload_seconds,
     workload_without_frame_pointers,
 };
 
@@ -398,19 +398,6 @@ fn reach_main(folded: &str, comm: &str) -> Option<f64> {
 
 fn size(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// inferno-collapse-perf and inferno-flamegraph: from `INFERNO_BIN`, or on PATH.
-fn inferno_tools() -> Option<(PathBuf, PathBuf)> {
-    let find = |name: &str| -> Option<PathBuf> {
-        let dirs = std::env::var_os("INFERNO_BIN")
-            .into_iter()
-            .chain(std::env::var_os("PATH"));
-        dirs.flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    };
-    Some((find("inferno-collapse-perf")?, find("inferno-flamegraph")?))
 }
 
 #[cfg(test)]

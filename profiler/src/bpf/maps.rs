@@ -7,7 +7,10 @@
 //! end of each window, [flips](BpfProfiler::flip) the generation, then reads and
 //! [clears](BpfProfiler::clear) the one it left.
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 
 use super::abi::{
     GLOBAL_FORKS_UNTRACKED, GLOBAL_ROW, STAT_BLOCKS_SHORT, STAT_BLOCKS_STARTED, STAT_COUNT,
@@ -15,8 +18,12 @@ use super::abi::{
     STAT_UNWIND_NO_TABLE, STAT_UNWIND_NOT_LOADED, STAT_UNWIND_TABLES_FULL, STAT_UNWIND_UNREADABLE,
     STAT_UNWIND_UNSUPPORTED, SampleKey, SampleValue, StackTrace,
 };
+use super::sys::{self, Batch};
 use super::{BpfError, BpfProfiler, map_err};
 use crate::profile::{UnwindStop, UnwindStops};
+
+/// Entries per batch `bpf()` call: about 1 MiB of stack traces.
+const BATCH: u32 = 1024;
 
 /// One of the two generations of the counts and stack maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +172,21 @@ impl BpfProfiler {
         Ok(result)
     }
 
+    /// The samples the first `events` events counted so far (they passed the target
+    /// filter), all events and CPUs together: cheaper than [`BpfProfiler::stats`].
+    pub fn samples_seen(&self, events: usize) -> Result<u64, BpfError> {
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map("stats")).map_err(map_err("stats"))?;
+        let mut seen = 0u64;
+        for row in 0..events as u32 {
+            let values = stats
+                .get(&(row * STAT_COUNT + STAT_SAMPLES), 0)
+                .map_err(map_err("stats"))?;
+            seen = seen.saturating_add(values.iter().sum());
+        }
+        Ok(seen)
+    }
+
     /// Every entry of the counts map (generation 0, the one `prof record` uses).
     pub fn counts(&self) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
         self.counts_in(Generation::First)
@@ -201,13 +223,75 @@ impl BpfProfiler {
         &self,
         generation: Generation,
     ) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
-        let name = generation.counts_map();
-        let counts: HashMap<&MapData, SampleKey, SampleValue> =
-            HashMap::try_from(self.map(name)).map_err(map_err(name))?;
-        counts
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(name))
+        self.counts_batch(generation, Batch::Read)
+    }
+
+    /// Every stack of one generation, by id, innermost frame first.
+    pub fn stacks_in(&self, generation: Generation) -> Result<Vec<IdStack>, BpfError> {
+        self.stacks_batch(generation, Batch::Read)
+    }
+
+    /// Reads and empties one generation's counts and stack maps, a batch of entries per
+    /// syscall. Call it only for the generation that samples do not go to.
+    pub fn take(&mut self, generation: Generation) -> Result<Taken, BpfError> {
+        assert_ne!(
+            generation, self.generation,
+            "the generation being written is never emptied"
+        );
+        Ok(Taken {
+            counts: self.counts_batch(generation, Batch::ReadAndDelete)?,
+            stacks: self.stacks_batch(generation, Batch::ReadAndDelete)?,
+        })
+    }
+
+    fn counts_batch(
+        &self,
+        generation: Generation,
+        batch: Batch,
+    ) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
+        let mut counts = Vec::new();
+        self.batch(generation.counts_map(), batch, |keys, values| {
+            counts.extend(keys.iter().copied().zip(values.iter().copied()));
+        })?;
+        Ok(counts)
+    }
+
+    fn stacks_batch(&self, generation: Generation, batch: Batch) -> Result<Vec<IdStack>, BpfError> {
+        let mut stacks = Vec::new();
+        self.batch(
+            generation.stacks_map(),
+            batch,
+            |ids: &[u64], traces: &[StackTrace]| {
+                stacks.extend(
+                    ids.iter()
+                        .zip(traces)
+                        .map(|(&id, trace)| (id, Arc::from(frames(trace)))),
+                );
+            },
+        )?;
+        Ok(stacks)
+    }
+
+    fn batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        batch: Batch,
+        each: impl FnMut(&[K], &[V]),
+    ) -> Result<(), BpfError> {
+        // Opening it typed checks that `K` and `V` have the map's key and value sizes, which
+        // the batch call relies on.
+        HashMap::<&MapData, K, V>::try_from(self.map(name)).map_err(map_err(name))?;
+        let Map::HashMap(data) = self.map(name) else {
+            unreachable!("{name} opened as a hash map");
+        };
+        sys::lookup_batch(data.fd().as_fd(), batch, BATCH, each).map_err(|source| BpfError::Batch {
+            command: match batch {
+                Batch::Read => "BPF_MAP_LOOKUP_BATCH",
+                Batch::ReadAndDelete => "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
+            },
+            map: name,
+            source,
+        })
     }
 
     /// The stack with `id` in one generation, innermost frame first; `None` if the id is not
@@ -217,14 +301,7 @@ impl BpfProfiler {
         let stacks: HashMap<&MapData, u64, StackTrace> =
             HashMap::try_from(self.map(name)).map_err(map_err(name))?;
         match stacks.get(&id, 0) {
-            Ok(trace) => Ok(Some(
-                trace
-                    .ips
-                    .iter()
-                    .copied()
-                    .take_while(|&ip| ip != 0)
-                    .collect(),
-            )),
+            Ok(trace) => Ok(Some(frames(&trace).to_vec())),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(BpfError::Map { map: name, source }),
         }
@@ -233,29 +310,108 @@ impl BpfProfiler {
     /// Empties one generation's counts and stack maps. Call it only for the generation that
     /// samples do not go to.
     pub fn clear(&mut self, generation: Generation) -> Result<(), BpfError> {
-        assert_ne!(
-            generation, self.generation,
-            "the generation being written is never cleared"
-        );
-        self.clear_map::<SampleKey, SampleValue>(generation.counts_map())?;
-        self.clear_map::<u64, StackTrace>(generation.stacks_map())
+        self.take(generation).map(drop)
     }
+}
 
-    fn clear_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<(), BpfError> {
-        let mut map: HashMap<&mut MapData, K, V> =
-            HashMap::try_from(self.map_mut(name)).map_err(map_err(name))?;
-        let keys = map
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(name))?;
-        for key in keys {
-            match map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(err))
-                    if err.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(source) => return Err(BpfError::Map { map: name, source }),
+/// A stack by its id in the stack map, innermost frame first.
+pub type IdStack = (u64, Arc<[u64]>);
+
+/// What [`BpfProfiler::take`] read out of a generation.
+#[derive(Clone, Debug, Default)]
+pub struct Taken {
+    /// The counts.
+    pub counts: Vec<(SampleKey, SampleValue)>,
+    /// The stacks, by id, innermost frame first.
+    pub stacks: Vec<IdStack>,
+}
+
+/// A trace's frames: up to the first zero.
+fn frames(trace: &StackTrace) -> &[u64] {
+    let depth = trace
+        .ips
+        .iter()
+        .position(|&ip| ip == 0)
+        .unwrap_or(trace.ips.len());
+    &trace.ips[..depth]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::{BpfConfig, MAX_STACK_DEPTH, STACK_ID_MIN, STACK_NOT_TAKEN};
+
+    /// A batch read returns every entry of a map larger than one batch (3000 entries, three
+    /// batches of 1024), leaves the map as it was, and `take` returns the same entries and
+    /// empties the map (root: it loads the real program and fills its maps).
+    #[test]
+    fn batch_reads_and_takes_every_entry() {
+        let mut bpf = BpfProfiler::load(&BpfConfig {
+            stack_storage_size: 4096,
+            counts_map_size: 4096,
+            double_buffer: true,
+            ..BpfConfig::default()
+        })
+        .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::new(err)));
+        let idle = Generation::Second;
+        let key = |i: u64| SampleKey {
+            tgid: i as u32,
+            event: 0,
+            user_stack: STACK_ID_MIN + i,
+            kernel_stack: STACK_NOT_TAKEN,
+        };
+        {
+            let mut counts: HashMap<&mut MapData, SampleKey, SampleValue> =
+                HashMap::try_from(bpf.map_mut(idle.counts_map())).unwrap();
+            for i in 0..3000 {
+                let value = SampleValue {
+                    samples: i,
+                    period: 10 * i,
+                };
+                counts.insert(key(i), value, 0).unwrap();
             }
         }
-        Ok(())
+        {
+            let mut stacks: HashMap<&mut MapData, u64, StackTrace> =
+                HashMap::try_from(bpf.map_mut(idle.stacks_map())).unwrap();
+            for i in 0..3000 {
+                let mut trace = StackTrace {
+                    ips: [0; MAX_STACK_DEPTH],
+                };
+                trace.ips[..3].copy_from_slice(&[i + 1, i + 2, i + 3]);
+                stacks.insert(STACK_ID_MIN + i, trace, 0).unwrap();
+            }
+        }
+        let check = |counts: &[(SampleKey, SampleValue)], stacks: &[(u64, Arc<[u64]>)]| {
+            let mut counts = counts.to_vec();
+            counts.sort_by_key(|(key, _)| key.tgid);
+            let expected: Vec<_> = (0..3000)
+                .map(|i| {
+                    let value = SampleValue {
+                        samples: i,
+                        period: 10 * i,
+                    };
+                    (key(i), value)
+                })
+                .collect();
+            assert_eq!(counts, expected);
+            let mut stacks = stacks.to_vec();
+            stacks.sort();
+            let expected: Vec<_> = (0..3000)
+                .map(|i| (STACK_ID_MIN + i, Arc::from([i + 1, i + 2, i + 3])))
+                .collect();
+            assert_eq!(stacks, expected);
+        };
+        let counts = bpf.counts_in(idle).unwrap();
+        let stacks = bpf.stacks_in(idle).unwrap();
+        check(&counts, &stacks);
+        // Reading did not delete: the same again.
+        assert_eq!(bpf.counts_in(idle).unwrap().len(), 3000);
+        let taken = bpf.take(idle).unwrap();
+        check(&taken.counts, &taken.stacks);
+        assert!(bpf.counts_in(idle).unwrap().is_empty());
+        assert!(bpf.stacks_in(idle).unwrap().is_empty());
+        // An empty map reads as nothing, without an error.
+        assert!(bpf.take(idle).unwrap().counts.is_empty());
     }
 }

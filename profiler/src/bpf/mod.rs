@@ -44,7 +44,7 @@ pub use abi::{
     cookie,
 };
 pub use cost::{Program, RunStats, RunStatsGuard, enable_run_stats};
-pub use maps::{EventStats, Generation, KernelStats};
+pub use maps::{EventStats, Generation, KernelStats, Taken};
 pub use sampling::PerfLink;
 pub use unwind::{UnwindMaps, UnwindSizes};
 
@@ -58,7 +58,7 @@ pub struct BpfConfig {
     /// Entries of the counts map (`--counts-map-size`).
     pub counts_map_size: u32,
     /// Size both generations of the counts and stack maps, so that sampling can go on in one
-    /// while the other is drained (the agent). Otherwise only generation 0 is usable.
+    /// while the other is drained (`prof record` and the agent). Otherwise only generation 0 is usable.
     pub double_buffer: bool,
     /// Count one tracepoint hit in this many, with this weight (`-c N`); 1 counts every hit.
     pub tracepoint_period: u64,
@@ -79,7 +79,7 @@ pub struct BpfConfig {
 pub const DEFAULT_OFF_CPU_TASKS: u32 = 16384;
 
 impl Default for BpfConfig {
-    /// `prof record`'s map sizes, no target filter, one generation, every tracepoint hit
+    /// 32,768 stacks and 65,536 counts in one generation, no target filter, every tracepoint hit
     /// counted on every CPU, every block counted, and user stacks walked by frame pointer.
     fn default() -> BpfConfig {
         BpfConfig {
@@ -139,6 +139,16 @@ pub enum BpfError {
          programs with BPF perf links, Linux 5.15 or later)"
     )]
     OffCpu(#[source] Box<BpfError>),
+    /// A batch read of a map failed.
+    #[error("bpf({command}) of BPF map `{map}` failed")]
+    Batch {
+        /// The command: `BPF_MAP_LOOKUP_BATCH` or `BPF_MAP_LOOKUP_AND_DELETE_BATCH`.
+        command: &'static str,
+        /// The map's name.
+        map: &'static str,
+        /// The errno.
+        source: io::Error,
+    },
     /// Mapping a BPF map into memory failed.
     #[error("mmap of BPF map `{map}` failed")]
     Mmap {

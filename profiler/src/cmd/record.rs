@@ -149,6 +149,8 @@ pub fn run(config: RecordConfig) -> Result<u8> {
             off_cpu_min: config.off_cpu_min,
             off_cpu_tasks: config.off_cpu_tasks,
             unwind: config.unwind,
+            // Emptied while it records, one generation while the other fills (`Drainer`).
+            double_buffer: true,
             ..BpfConfig::default()
         },
         &targets,
@@ -200,14 +202,16 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         workload.release()?;
     }
 
+    let mut drainer = Drainer::new(config.stack_storage_size, config.counts_map_size);
     let stopped = wait_for_stop(
         &config,
         &mut workload,
         &targets,
-        &bpf,
+        &mut bpf,
         &plan.events,
         &stop,
         started,
+        &mut drainer,
     )?;
     bpf.detach();
     let duration = started.elapsed();
@@ -234,8 +238,9 @@ pub fn run(config: RecordConfig) -> Result<u8> {
         None => None,
     };
     let stage = Instant::now();
-    let drained = drain::drain(&bpf, plan.events.len())?;
-    tracing::debug!(entries = drained.samples.len(), elapsed = ?stage.elapsed(), "drained the counts map");
+    let drains = drainer.drains;
+    let drained = drainer.finish(drain::drain(&bpf, plan.events.len())?);
+    tracing::debug!(entries = drained.samples.len(), drains, elapsed = ?stage.elapsed(), "drained the counts map");
     let mut process_events: Vec<TimedEvent> = snapshots
         .into_iter()
         .map(|event| TimedEvent {
@@ -360,14 +365,102 @@ pub(crate) fn with_permission_hint_for(what: &'static str, err: BpfError) -> any
     }
 }
 
+/// Empties the kernel's maps while `prof record` records, so that they bound only what
+/// arrives between two drains, not the whole recording.
+///
+/// Each sample adds at most one counts entry and two stacks (user and kernel). Once the
+/// samples since the last flip could have filled half of either map, the drainer flips the
+/// generation samples go to, lets in-flight samples land, and reads and empties the old one
+/// into the userspace aggregate. A recording whose samples never reach that point never
+/// flips, and costs nothing more than before.
+struct Drainer {
+    /// Samples after which the generation being written may be half full.
+    threshold: u64,
+    /// The kernel's sample count (all events) at the last flip.
+    at_flip: u64,
+    /// Drains done.
+    drains: u64,
+    /// Whether draining still works (after a failure the maps fill up to the end, counted
+    /// as losses as before).
+    enabled: bool,
+    accumulated: drain::Accumulated,
+}
+
+impl Drainer {
+    fn new(stack_storage_size: u32, counts_map_size: u32) -> Drainer {
+        Drainer {
+            threshold: drain_threshold(stack_storage_size, counts_map_size),
+            at_flip: 0,
+            drains: 0,
+            enabled: true,
+            accumulated: drain::Accumulated::default(),
+        }
+    }
+
+    /// Drains the generation being written if enough samples arrived since the last flip.
+    fn poll(&mut self, bpf: &mut BpfProfiler, events: usize) {
+        if !self.enabled {
+            return;
+        }
+        let seen = match bpf.samples_seen(events) {
+            Ok(seen) => seen,
+            Err(err) => return self.fail(err),
+        };
+        if seen.saturating_sub(self.at_flip) < self.threshold {
+            return;
+        }
+        self.at_flip = seen;
+        let old = match bpf.flip() {
+            Ok(old) => old,
+            Err(err) => return self.fail(err),
+        };
+        std::thread::sleep(crate::cmd::agent::SETTLE);
+        match drain::drain_generation(bpf, old, events) {
+            Ok(drained) => {
+                self.accumulated.add(drained);
+                self.drains += 1;
+            }
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn fail(&mut self, err: BpfError) {
+        self.enabled = false;
+        say!(
+            "prof: warning: cannot empty the BPF maps while recording ({:#}); they now fill up \
+             until the end, and stacks that find them full are counted as lost",
+            anyhow::Error::new(err)
+        );
+    }
+
+    /// Everything drained, with the last drain (of the generation being written when
+    /// sampling stopped).
+    fn finish(mut self, last: drain::Drained) -> drain::Drained {
+        let stats = last.stats.clone();
+        self.accumulated.add(last);
+        self.accumulated.finish(stats)
+    }
+}
+
+/// The samples after which a generation of `stacks` stacks and `counts` counts entries
+/// may be half full: each sample adds at most one counts entry and two stacks.
+fn drain_threshold(stacks: u32, counts: u32) -> u64 {
+    (u64::from(stacks) / 2)
+        .min(u64::from(counts))
+        .div_ceil(2)
+        .max(1)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn wait_for_stop(
     config: &RecordConfig,
     workload: &mut Option<Workload>,
     pids: &[u32],
-    bpf: &BpfProfiler,
+    bpf: &mut BpfProfiler,
     events: &[Event],
     stop: &AtomicBool,
     started: Instant,
+    drainer: &mut Drainer,
 ) -> Result<Stop> {
     let mut status = StatusLine::new();
     let watch_pids = matches!(config.target, Target::Pids(_));
@@ -390,6 +483,7 @@ fn wait_for_stop(
                 return Ok(Stop::TargetsGone);
             }
         }
+        drainer.poll(bpf, events.len());
         status.update(started.elapsed(), || bpf.stats(events.len()).ok(), events);
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,5 +1,6 @@
 //! Recordings of real workloads: where the samples land, and how they are named.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -567,4 +568,54 @@ fn summary_reports_the_sampling_cost() {
     let share = number(share);
     assert!((0.0..100.0).contains(&share), "{cost}");
     assert_eq!(cpus, "1 CPU", "{cost}");
+}
+
+/// A recording drains its maps while it runs, so it keeps more distinct stacks than the stack
+/// map holds, and counts each exactly as a recording whose map held them all: 3000 functions
+/// each call getppid() 3 times from their own place in a call tree (3000 distinct stacks,
+/// about a thousand a second) through a stack map of 2048, and every stack arrives with its
+/// 3 hits, none lost, none counted twice across a flip. The same workload recorded with maps
+/// large enough never to flip gives the same stacks and counts.
+#[test]
+fn draining_while_recording_keeps_more_stacks_than_the_map_holds() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let record_tree = |name: &str, flags: &[&str]| {
+        let out = dir.path().join(name);
+        let output = record_ok(
+            "syscalls:sys_enter_getppid",
+            &[&out],
+            flags,
+            &[
+                workload("call_tree").into_os_string(),
+                "calls".into(),
+                "3".into(),
+                "1000".into(),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(stderr.contains("lost: none"), "{stderr}");
+        let stacks: BTreeMap<Vec<String>, u64> = read_folded(&out)
+            .into_iter()
+            .filter(|(frames, _)| frames[0] == "call_tree")
+            .collect();
+        (stacks, stderr)
+    };
+    // 2048 stacks: prof drains every 512 samples, about 18 times.
+    let (drained, stderr) = record_tree("drained.folded", &["--stack-storage-size", "2048"]);
+    assert_eq!(drained.values().sum::<u64>(), 9000, "{stderr}");
+    assert_eq!(drained.len(), 3000, "distinct stacks: {stderr}");
+    let wrong: Vec<_> = drained.iter().filter(|(_, n)| **n != 3).collect();
+    assert!(wrong.is_empty(), "stacks not hit 3 times: {wrong:?}");
+    // 65,536 stacks: prof would drain after 16,384 samples, which never come.
+    let (whole, stderr) = record_tree(
+        "whole.folded",
+        &[
+            "--stack-storage-size",
+            "65536",
+            "--counts-map-size",
+            "65536",
+        ],
+    );
+    assert_eq!(drained, whole, "{stderr}");
 }

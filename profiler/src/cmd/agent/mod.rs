@@ -29,7 +29,7 @@ use crate::cmd::stop_on_signals;
 /// How long to let in-flight BPF programs and the side band catch up after a flip: samples
 /// being counted during the flip finish within microseconds, and the side band publishes a
 /// whole pass every poll interval.
-const SETTLE: Duration = Duration::from_millis(3 * POLL_INTERVAL.as_millis() as u64);
+pub(crate) const SETTLE: Duration = Duration::from_millis(3 * POLL_INTERVAL.as_millis() as u64);
 
 /// The engine's source: the double-buffered BPF maps, the side band, and the unwinder that
 /// keeps the unwind tables current across windows.

@@ -41,8 +41,10 @@ struct Args {
     /// Rounds; each measures every profiler once.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Another prof binary to measure beside this build, as LABEL=PATH (repeatable).
-    #[arg(long = "prof", value_name = "LABEL=PATH")]
+    /// Another prof binary to measure beside this build, as LABEL=PATH, optionally followed
+    /// by flags for its `record` (`"before=/tmp/prof --stack-storage-size 262144"`);
+    /// repeatable.
+    #[arg(long = "prof", value_name = "LABEL=PATH [FLAGS]")]
     other_profs: Vec<String>,
     /// Leave perf out.
     #[arg(long)]
@@ -51,7 +53,11 @@ struct Args {
 
 #[derive(Clone, Debug)]
 enum Profiler {
-    Prof { label: String, binary: PathBuf },
+    Prof {
+        label: String,
+        binary: PathBuf,
+        flags: Vec<String>,
+    },
     Perf,
 }
 
@@ -85,14 +91,20 @@ fn main() -> Result<()> {
     let mut profilers = vec![Profiler::Prof {
         label: "prof (this build)".to_owned(),
         binary: prof_binary()?,
+        flags: Vec::new(),
     }];
     for other in &args.other_profs {
-        let (label, path) = other
+        let (label, command) = other
             .split_once('=')
-            .with_context(|| format!("--prof {other}: give LABEL=PATH"))?;
+            .with_context(|| format!("--prof {other}: give LABEL=PATH [FLAGS]"))?;
+        let mut words = command.split_whitespace().map(str::to_owned);
+        let binary = words
+            .next()
+            .with_context(|| format!("--prof {other}: no path"))?;
         profilers.push(Profiler::Prof {
             label: label.to_owned(),
-            binary: PathBuf::from(path),
+            binary: PathBuf::from(binary),
+            flags: words.collect(),
         });
     }
     if !args.no_perf {
@@ -175,10 +187,12 @@ fn measure(profiler: &Profiler, call_tree: &Path, args: &Args, dir: &Path) -> Re
             .context("the workload did not finish (no marker)")
     };
     match profiler {
-        Profiler::Prof { binary, .. } => {
+        Profiler::Prof { binary, flags, .. } => {
             let stderr_path = dir.join("prof.stderr");
             let child = Command::new(binary)
-                .args(["record", "-F", &frequency, "-o"])
+                .args(["record", "-F", &frequency])
+                .args(flags)
+                .arg("-o")
                 .arg(dir.join("big.svg"))
                 .arg("-o")
                 .arg(dir.join("big.pb.gz"))

@@ -68,7 +68,9 @@ struct FileBatch {
     path: Arc<Path>,
     /// The process's root, when it is not prof's: its debug files are looked for there too.
     root: Option<PathBuf>,
-    offsets: BTreeSet<u64>,
+    /// The offsets its slots point at, in no order (processes sharing the file may repeat
+    /// one); those not cached are sorted for blazesym.
+    offsets: Vec<u64>,
 }
 
 /// Resolved addresses a symbolizer keeps from one call to the next, over all files and the
@@ -590,7 +592,7 @@ impl Symbolizer {
                                 opened,
                                 path: Arc::clone(path),
                                 root,
-                                offsets: BTreeSet::new(),
+                                offsets: Vec::new(),
                             });
                             files.len() - 1
                         });
@@ -599,7 +601,7 @@ impl Symbolizer {
                 match file {
                     Ok(file) => {
                         let offset = mapping.file_offset_of(addr);
-                        files[file].offsets.insert(offset);
+                        files[file].offsets.push(offset);
                         UserLocation::File {
                             file,
                             offset,
@@ -631,7 +633,7 @@ impl Symbolizer {
                 .insert(Arc::clone(&batch.opened), call);
             let debug_file = self.debug_file(batch);
             let key = CacheKey::of_file(&batch.opened, debug_file.as_deref());
-            let missing: Vec<u64> = {
+            let mut missing: Vec<u64> = {
                 let mut cache = self.cache.borrow_mut();
                 let cached = key.and_then(|key| cache.touch(&key, call));
                 batch
@@ -641,6 +643,9 @@ impl Symbolizer {
                     .filter(|offset| cached.is_none_or(|c| !c.contains_key(offset)))
                     .collect()
             };
+            // blazesym reads a file best in address order.
+            missing.sort_unstable();
+            missing.dedup();
             let lines = match missing.is_empty() {
                 true => Vec::new(),
                 false => self.lookup_file(batch, debug_file.as_deref(), &missing, strings),

@@ -271,9 +271,14 @@ impl Cache {
     }
 
     /// Keeps what `call` resolved in `key`, forgetting the least recently used other files
-    /// to make room; what still does not fit is not kept.
+    /// to make room; what still does not fit is not kept. A file that could not be read is
+    /// not kept either: the next call tries again.
     fn store(&mut self, key: CacheKey, call: u64, found: &HashMap<u64, Lines>) {
-        if found.is_empty() {
+        if found.is_empty()
+            || found
+                .values()
+                .any(|lines| matches!(lines, Err(UnknownReason::FileUnreadable)))
+        {
             return;
         }
         while self.addresses + found.len() > MAX_CACHED_ADDRESSES {
@@ -865,6 +870,7 @@ impl Symbolizer {
                 .filter(|address| cached.is_none_or(|c| !c.contains_key(address)))
                 .collect()
         };
+        let mut failed = false;
         let found: HashMap<u64, Lines> = if missing.is_empty() {
             HashMap::default()
         } else {
@@ -877,13 +883,17 @@ impl Symbolizer {
                     .collect(),
                 Err(err) => {
                     tracing::debug!("cannot symbolize kernel addresses: {err}");
+                    failed = true;
                     vec![Err(UnknownReason::KernelNoSymbol); missing.len()]
                 }
             };
             missing.into_iter().zip(lines).collect()
         };
         let mut cache = self.cache.borrow_mut();
-        cache.store(key, call, &found);
+        // Symbols that could not be read at all are asked for again next time.
+        if !failed {
+            cache.store(key, call, &found);
+        }
         let cached = cache.entries.get(&key);
         for (address, slot) in addrs {
             let lines = found
@@ -1359,6 +1369,61 @@ mod tests {
         let profile = symbolizer.symbolize(&drained, &processes, &events);
         assert!(names_function(&profile, "second_build"));
         assert!(!names_function(&profile, "first_build"));
+    }
+
+    /// A mapped file blazesym cannot read is reported unreadable and not kept: the next
+    /// call tries it again.
+    #[test]
+    fn an_unreadable_file_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-elf");
+        std::fs::write(&file, vec![b'x'; 8192]).unwrap();
+        const TGID: u32 = 4_100_001;
+        let processes = ProcessTable::build(vec![crate::procs::TimedEvent {
+            time: 0,
+            event: ProcessEvent::Snapshot {
+                pid: TGID,
+                comm: "app".into(),
+                mappings: vec![crate::procs::Mapping {
+                    start: 0x10_0000,
+                    end: 0x10_2000,
+                    file_offset: 0,
+                    backing: Backing::File(Arc::from(file.as_path())),
+                    build_id: None,
+                    file_id: None,
+                }],
+            },
+        }]);
+        let drained = Drained {
+            samples: vec![RawSample {
+                tgid: TGID,
+                event: 0,
+                user: RawStack::Frames(vec![0x10_0100].into()),
+                kernel: RawStack::Failed(libc::EFAULT),
+                value: Value {
+                    samples: 1,
+                    period: 1,
+                },
+            }],
+            stats: KernelStats::default(),
+        };
+        let events = [EventInfo {
+            name: "cpu-clock".into(),
+            unit: Unit::Nanoseconds,
+        }];
+        let symbolizer = Symbolizer::new();
+        for _ in 0..2 {
+            let profile = symbolizer.symbolize(&drained, &processes, &events);
+            assert_eq!(
+                profile.events[0]
+                    .unknown
+                    .get(&UnknownReason::FileUnreadable),
+                Some(&1),
+                "{:?}",
+                profile.events[0].unknown
+            );
+            assert_eq!(symbolizer.cached_addresses(), 0);
+        }
     }
 
     /// An address in the kernel's text, from `/proc/kallsyms`.

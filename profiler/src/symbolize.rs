@@ -1124,23 +1124,8 @@ mod tests {
             })
             .expect("libc's text is mapped");
         let ip = text.start + (address - debug.address_of(text.file_offset).unwrap()) + 4;
-        let drained = Drained {
-            samples: vec![RawSample {
-                tgid: me,
-                event: 0,
-                user: RawStack::Frames(vec![ip].into()),
-                kernel: RawStack::Failed(libc::EFAULT),
-                value: Value {
-                    samples: 1,
-                    period: 1,
-                },
-            }],
-            stats: KernelStats::default(),
-        };
-        let events = [EventInfo {
-            name: "cpu-clock".into(),
-            unit: Unit::Nanoseconds,
-        }];
+        let drained = one_user_sample(me, ip);
+        let events = cpu_clock();
         let profile = Symbolizer::with_debug_info(false).symbolize(&drained, &processes, &events);
         let (stack, _) = profile.events[0].stacks.iter().next().unwrap();
         assert_eq!(
@@ -1327,40 +1312,12 @@ mod tests {
         const BASE: u64 = 0x7000_0000_0000;
         const TGID: u32 = 4_100_000;
         let setup = |(segment, offset, size, address): (u64, u64, u64, u64)| {
-            let processes = ProcessTable::build(vec![crate::procs::TimedEvent {
-                time: 0,
-                event: ProcessEvent::Snapshot {
-                    pid: TGID,
-                    comm: "app".into(),
-                    mappings: vec![crate::procs::Mapping {
-                        start: BASE + segment,
-                        end: BASE + segment + size,
-                        file_offset: offset,
-                        backing: Backing::File(Arc::from(binary.as_path())),
-                        build_id: None,
-                        file_id: None,
-                    }],
-                },
-            }]);
-            let drained = Drained {
-                samples: vec![RawSample {
-                    tgid: TGID,
-                    event: 0,
-                    user: RawStack::Frames(vec![BASE + address + 1].into()),
-                    kernel: RawStack::Failed(libc::EFAULT),
-                    value: Value {
-                        samples: 1,
-                        period: 1,
-                    },
-                }],
-                stats: KernelStats::default(),
-            };
+            let processes =
+                one_file_process(TGID, &binary, BASE + segment, BASE + segment + size, offset);
+            let drained = one_user_sample(TGID, BASE + address + 1);
             (processes, drained)
         };
-        let events = [EventInfo {
-            name: "cpu-clock".into(),
-            unit: Unit::Nanoseconds,
-        }];
+        let events = cpu_clock();
         let symbolizer = Symbolizer::new();
         let (processes, drained) = setup(build("first_build"));
         let profile = symbolizer.symbolize(&drained, &processes, &events);
@@ -1379,38 +1336,9 @@ mod tests {
         let file = dir.path().join("not-elf");
         std::fs::write(&file, vec![b'x'; 8192]).unwrap();
         const TGID: u32 = 4_100_001;
-        let processes = ProcessTable::build(vec![crate::procs::TimedEvent {
-            time: 0,
-            event: ProcessEvent::Snapshot {
-                pid: TGID,
-                comm: "app".into(),
-                mappings: vec![crate::procs::Mapping {
-                    start: 0x10_0000,
-                    end: 0x10_2000,
-                    file_offset: 0,
-                    backing: Backing::File(Arc::from(file.as_path())),
-                    build_id: None,
-                    file_id: None,
-                }],
-            },
-        }]);
-        let drained = Drained {
-            samples: vec![RawSample {
-                tgid: TGID,
-                event: 0,
-                user: RawStack::Frames(vec![0x10_0100].into()),
-                kernel: RawStack::Failed(libc::EFAULT),
-                value: Value {
-                    samples: 1,
-                    period: 1,
-                },
-            }],
-            stats: KernelStats::default(),
-        };
-        let events = [EventInfo {
-            name: "cpu-clock".into(),
-            unit: Unit::Nanoseconds,
-        }];
+        let processes = one_file_process(TGID, &file, 0x10_0000, 0x10_2000, 0);
+        let drained = one_user_sample(TGID, 0x10_0100);
+        let events = cpu_clock();
         let symbolizer = Symbolizer::new();
         for _ in 0..2 {
             let profile = symbolizer.symbolize(&drained, &processes, &events);
@@ -1440,6 +1368,49 @@ mod tests {
             .expect("kallsyms names schedule (run as root)")
     }
 
+    /// One sample of process `tgid` with one user frame at `ip`.
+    fn one_user_sample(tgid: u32, ip: u64) -> Drained {
+        Drained {
+            samples: vec![RawSample {
+                tgid,
+                event: 0,
+                user: RawStack::Frames(vec![ip].into()),
+                kernel: RawStack::Failed(libc::EFAULT),
+                value: Value {
+                    samples: 1,
+                    period: 1,
+                },
+            }],
+            stats: KernelStats::default(),
+        }
+    }
+
+    /// A process `app` that maps `file` from `offset` at `start..end`.
+    fn one_file_process(tgid: u32, file: &Path, start: u64, end: u64, offset: u64) -> ProcessTable {
+        ProcessTable::build(vec![crate::procs::TimedEvent {
+            time: 0,
+            event: ProcessEvent::Snapshot {
+                pid: tgid,
+                comm: "app".into(),
+                mappings: vec![crate::procs::Mapping {
+                    start,
+                    end,
+                    file_offset: offset,
+                    backing: Backing::File(Arc::from(file)),
+                    build_id: None,
+                    file_id: None,
+                }],
+            },
+        }])
+    }
+
+    fn cpu_clock() -> [EventInfo; 1] {
+        [EventInfo {
+            name: "cpu-clock".into(),
+            unit: Unit::Nanoseconds,
+        }]
+    }
+
     /// Samples of this process: the marker function, an unmapped address, and an unknown
     /// process.
     fn own_marker_samples() -> (ProcessTable, Drained, [EventInfo; 1]) {
@@ -1463,10 +1434,7 @@ mod tests {
             samples: vec![sample(me, ip), sample(me, 8), sample(u32::MAX - 1, ip)],
             stats: KernelStats::default(),
         };
-        let events = [EventInfo {
-            name: "cpu-clock".into(),
-            unit: Unit::Nanoseconds,
-        }];
+        let events = cpu_clock();
         (processes, drained, events)
     }
 

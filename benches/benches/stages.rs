@@ -1,4 +1,4 @@
-//! criterion benches of prof's userspace stages, at 10k and 100k unique stacks:
+//! criterion benches of prof's userspace stages, at 10k, 100k and 150k unique stacks:
 //! drain and aggregate (reading real, filled BPF maps), symbolization cold and warm, folded,
 //! SVG and pprof export, and the whole path from the end of sampling to all outputs written.
 //!
@@ -41,7 +41,7 @@ use prof::symbolize::{EventInfo, Symbolizer};
 const TGID: u32 = 4_000_000;
 /// Where the pretend process has this binary's executable segment.
 const LOAD_BASE: u64 = 0x5555_0000_0000;
-const SIZES: [usize; 2] = [10_000, 100_000];
+const SIZES: [usize; 3] = [10_000, 100_000, 150_000];
 /// With PROF_BENCH_SMOKE set (CI), one small size only.
 const SMOKE_SIZES: [usize; 1] = [1_000];
 
@@ -289,6 +289,17 @@ fn newest_map(name: &str, max_entries: u32) -> Result<MapData, String> {
     MapData::from_id(id).map_err(|err| err.to_string())
 }
 
+/// This process's resident memory now, from `/proc/self/statm`.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
+
 /// Writes a folded, an SVG and a pprof file for `profile` into `dir`, as
 /// `prof record -o out.folded -o out.svg -o out.pb.gz` does.
 fn write_outputs(dir: &Path, profile: &Profile) {
@@ -356,6 +367,19 @@ fn benches(c: &mut Criterion) {
         }
         group.finish();
 
+        // What one cold symbolization adds to resident memory, its profile and the
+        // symbolizer's caches held (blazesym's parsed files, the resolved addresses).
+        let resident = resident_bytes();
+        let symbolizer = Symbolizer::new();
+        let profile = fixture.symbolize(&symbolizer);
+        eprintln!(
+            "{label}: a cold symbolization adds {:.1} MiB resident ({} locations, {} addresses cached)",
+            resident_bytes().saturating_sub(resident) as f64 / (1 << 20) as f64,
+            profile.locations.len(),
+            symbolizer.cached_addresses()
+        );
+        drop((profile, symbolizer));
+
         // Per unique address: criterion's throughput is in addresses.
         let mut group = bench_group(c, "symbolize_cold", 10, fixture.unique_addresses);
         group.bench_function(BenchmarkId::from_parameter(&label), |b| {
@@ -363,9 +387,20 @@ fn benches(c: &mut Criterion) {
         });
         group.finish();
 
+        // Warm: the symbolizer has seen these addresses, so it serves them from its cache
+        // and only builds the profile.
         let mut group = bench_group(c, "symbolize_warm", 10, fixture.unique_addresses);
         let symbolizer = Symbolizer::new();
-        fixture.symbolize(&symbolizer);
+        let warmed = fixture.symbolize(&symbolizer);
+        let lines: usize = warmed.locations.iter().map(|(_, l)| l.lines.len()).sum();
+        eprintln!(
+            "{label}: {} locations, {:.1} functions per location (inlined ones included), \
+             {} addresses cached",
+            warmed.locations.len(),
+            lines as f64 / warmed.locations.len().max(1) as f64,
+            symbolizer.cached_addresses()
+        );
+        drop(warmed);
         group.bench_function(BenchmarkId::from_parameter(&label), |b| {
             b.iter(|| black_box(fixture.symbolize(&symbolizer)))
         });

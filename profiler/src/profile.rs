@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 // SipHash's protection against chosen keys buys nothing and costs a third of the time.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::AddAssign;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -338,7 +338,7 @@ pub struct Line {
 }
 
 /// An address and the functions it lies in.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
     /// The instruction address (0: none, e.g. a lost stack).
     pub address: u64,
@@ -349,6 +349,21 @@ pub struct Location {
     pub lines: Vec<Line>,
     /// Whether this is kernel code.
     pub kernel: bool,
+}
+
+/// Hashes what tells symbolized locations apart cheaply (address, mapping, side), and the
+/// lines only of locations without an address (named ones, as folded stacks give them): so
+/// interning a symbolized location does not hash its function names and source paths.
+/// Equal locations still hash alike, the hashed fields being a subset of those compared.
+impl Hash for Location {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.address.hash(state);
+        self.mapping.hash(state);
+        self.kernel.hash(state);
+        if self.address == 0 {
+            self.lines.hash(state);
+        }
+    }
 }
 
 impl Location {
@@ -450,18 +465,19 @@ impl Labels {
     }
 }
 
-/// Interned values with dense `u32` ids, in insertion order.
+/// Interned values with dense `u32` ids, in insertion order. Each value is kept once: the
+/// index holds ids, and finds a value's id by hashing it.
 #[derive(Clone, Debug)]
 pub struct Table<T> {
     items: Vec<T>,
-    ids: HashMap<T, u32>,
+    ids: hashbrown::HashTable<u32>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
             items: Vec::new(),
-            ids: HashMap::default(),
+            ids: hashbrown::HashTable::new(),
         }
     }
 }
@@ -469,12 +485,15 @@ impl<T> Default for Table<T> {
 impl<T: Clone + Eq + Hash> Table<T> {
     /// The id of `item`, adding it if it is new.
     pub fn intern(&mut self, item: T) -> u32 {
-        if let Some(&id) = self.ids.get(&item) {
+        let hasher = rustc_hash::FxBuildHasher;
+        let hash = hasher.hash_one(&item);
+        let Table { items, ids } = self;
+        if let Some(&id) = ids.find(hash, |&id| items[id as usize] == item) {
             return id;
         }
-        let id = u32::try_from(self.items.len()).expect("fewer than 2^32 table entries");
-        self.items.push(item.clone());
-        self.ids.insert(item, id);
+        let id = u32::try_from(items.len()).expect("fewer than 2^32 table entries");
+        items.push(item);
+        ids.insert_unique(hash, id, |&id| hasher.hash_one(&items[id as usize]));
         id
     }
 

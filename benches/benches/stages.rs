@@ -1,4 +1,4 @@
-//! criterion benches of prof's userspace stages, at 10k and 100k unique stacks:
+//! criterion benches of prof's userspace stages, at 10k, 100k and 150k unique stacks:
 //! drain and aggregate (reading real, filled BPF maps), symbolization cold and warm, folded,
 //! SVG and pprof export, and the whole path from the end of sampling to all outputs written.
 //!
@@ -41,7 +41,7 @@ use prof::symbolize::{EventInfo, Symbolizer};
 const TGID: u32 = 4_000_000;
 /// Where the pretend process has this binary's executable segment.
 const LOAD_BASE: u64 = 0x5555_0000_0000;
-const SIZES: [usize; 2] = [10_000, 100_000];
+const SIZES: [usize; 3] = [10_000, 100_000, 150_000];
 /// With PROF_BENCH_SMOKE set (CI), one small size only.
 const SMOKE_SIZES: [usize; 1] = [1_000];
 

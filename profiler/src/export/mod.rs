@@ -8,6 +8,7 @@ pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod limits;
+pub mod names;
 pub mod pprof;
 mod pprof_scan;
 pub mod ratio;

@@ -1,4 +1,4 @@
-//! SVG flame graphs, rendered by inferno from the folded stacks.
+//! SVG flame graphs, rendered by inferno from the merged call tree of the stacks.
 //!
 //! Kernel frames carry the `_[k]` suffix, which inferno's `java` palette colours apart from
 //! user frames, as in perf-based flame graphs. The subtitle states the event, the samples,
@@ -6,7 +6,8 @@
 //!
 //! Frames narrower than `min_width` pixels are pruned here rather than inside inferno, so
 //! the subtitle can say how much was pruned: a graph of 100k unique stacks then stays small
-//! enough for a browser.
+//! enough for a browser. They are pruned on the call tree, built from frame-name ids, so
+//! inferno only parses and merges the frames it draws.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
@@ -17,7 +18,6 @@ use std::str::FromStr;
 use inferno::flamegraph::color::Palette;
 
 use crate::events::Unit;
-use crate::export::folded;
 use crate::export::names::FrameNames;
 use crate::profile::{EventProfile, Profile};
 use crate::text::thousands;
@@ -82,7 +82,8 @@ pub struct Pruned {
 ///
 /// The merged call tree is built from the stacks' name ids (see [`FrameNames`]), pruned
 /// there, and only the frames that survive reach inferno, as the folded lines of the tree's
-/// nodes. The graph is the one [`prune`] and [`render`] draw from [`folded::stacks`].
+/// nodes. The graph is the one [`prune`] and [`render`] draw from
+/// [`crate::export::folded::stacks`].
 pub fn write(
     profile: &Profile,
     event: usize,
@@ -364,6 +365,7 @@ pub fn subtitle(profile: &EventProfile, pruned: Pruned) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::folded;
     use crate::profile::{Labels, Value};
 
     fn page_faults() -> Profile {

@@ -111,7 +111,17 @@ impl<'a> FrameNames<'a> {
     /// a line before the longer lines it begins), without building the text.
     pub fn compare(&self, a: &[u32], b: &[u32]) -> Ordering {
         let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-        self.text(&a[common..]).cmp(self.text(&b[common..]))
+        let (Some(&x), Some(&y)) = (a.get(common), b.get(common)) else {
+            // One path begins the other: the shorter line comes first.
+            return a.len().cmp(&b.len());
+        };
+        // Nearly always the first names that differ decide, within the shorter one.
+        let (x, y) = (self.name(x).as_bytes(), self.name(y).as_bytes());
+        let shorter = x.len().min(y.len());
+        match x[..shorter].cmp(&y[..shorter]) {
+            Ordering::Equal => self.text(&a[common..]).cmp(self.text(&b[common..])),
+            order => order,
+        }
     }
 
     /// The bytes of `path`'s folded text.

@@ -489,18 +489,21 @@ pub fn decode_bytes_within(bytes: &[u8], limits: &ReadLimits) -> Result<Profile,
     } else if bytes.len() as u64 > limits.max_input_bytes {
         return Err(LimitError::InputSize(limits.max_input_bytes, false).into());
     } else {
-        inflated = Vec::new();
         bytes
     };
-    pprof_scan::check(raw, limits).map_err(|err| match err {
+    let scan_error = |err| match err {
         ScanError::Limit(limit) => PprofError::Limit(limit),
         ScanError::Malformed => PprofError::Malformed,
-    })?;
-    let mut message = proto::Profile::decode(raw)?;
-    // The samples are read into the profile one by one, each freed once read, and the
-    // decompressed bytes are gone by then: only one of the three copies is whole at a time.
-    drop(inflated);
-    let samples = std::mem::take(&mut message.sample);
+    };
+    pprof_scan::check(raw, limits).map_err(scan_error)?;
+    // The samples, nearly all of a big profile, are decoded one at a time as they are read
+    // into the profile, never all at once.
+    let (samples, rest) = pprof_scan::split_samples(raw).map_err(scan_error)?;
+    let message = proto::Profile::decode(rest.as_slice())?;
+    drop(rest);
+    let samples = samples
+        .into_iter()
+        .map(|bytes| proto::Sample::decode(bytes).map_err(PprofError::from));
     decode_samples(&message, samples, limits)
 }
 
@@ -959,14 +962,14 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
 /// Reads a decoded message into a [`Profile`], checking every reference; a stack deeper
 /// than `limits` allows, counting inlined functions, is refused.
 pub fn decode_within(message: &proto::Profile, limits: &ReadLimits) -> Result<Profile, PprofError> {
-    decode_samples(message, &message.sample, limits)
+    decode_samples(message, message.sample.iter().map(Ok), limits)
 }
 
-/// [`decode_within`] with the samples apart, so that a caller that owns them can free each
-/// once it is read.
+/// [`decode_within`] with the samples apart, so that a caller can decode each as it is
+/// read.
 fn decode_samples<S: std::borrow::Borrow<proto::Sample>>(
     message: &proto::Profile,
-    samples: impl IntoIterator<Item = S>,
+    samples: impl IntoIterator<Item = Result<S, PprofError>>,
     limits: &ReadLimits,
 ) -> Result<Profile, PprofError> {
     let budget = limits::Budget::new(*limits);
@@ -1139,6 +1142,7 @@ fn decode_samples<S: std::borrow::Borrow<proto::Sample>>(
     // Every event's total must fit, so that no share is computed from a wrapped sum.
     let mut totals = vec![Value::default(); profile.events.len()];
     for sample in samples {
+        let sample = sample?;
         let sample = sample.borrow();
         if sample.value.len() != types.len() {
             return Err(PprofError::Invalid(format!(

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 // Fx hashing: these maps hold millions of small keys of the profile itself, where
 // SipHash's protection against chosen keys buys nothing and costs a third of the time.
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use indexmap::IndexSet;
+use rustc_hash::{FxBuildHasher, FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::ops::AddAssign;
@@ -450,18 +451,17 @@ impl Labels {
     }
 }
 
-/// Interned values with dense `u32` ids, in insertion order.
+/// Interned values with dense `u32` ids, in insertion order. Each value is stored once (an
+/// index set, whose index is the id), not once in a list and again as a map's key.
 #[derive(Clone, Debug)]
 pub struct Table<T> {
-    items: Vec<T>,
-    ids: HashMap<T, u32>,
+    items: IndexSet<T, FxBuildHasher>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            items: Vec::new(),
-            ids: HashMap::default(),
+            items: IndexSet::default(),
         }
     }
 }
@@ -469,13 +469,8 @@ impl<T> Default for Table<T> {
 impl<T: Clone + Eq + Hash> Table<T> {
     /// The id of `item`, adding it if it is new.
     pub fn intern(&mut self, item: T) -> u32 {
-        if let Some(&id) = self.ids.get(&item) {
-            return id;
-        }
-        let id = u32::try_from(self.items.len()).expect("fewer than 2^32 table entries");
-        self.items.push(item.clone());
-        self.ids.insert(item, id);
-        id
+        let (id, _) = self.items.insert_full(item);
+        u32::try_from(id).expect("fewer than 2^32 table entries")
     }
 
     /// The item with `id`, which this table handed out.

@@ -655,8 +655,8 @@ struct Encoder<'a> {
 
 /// The protobuf keys of `Profile.sample` (field 2) and `Profile.string_table` (field 6),
 /// both length-delimited.
-const SAMPLE_KEY: u8 = 2 << 3 | 2;
-const STRING_KEY: u8 = 6 << 3 | 2;
+const SAMPLE_KEY: u8 = (2 << 3) | 2;
+const STRING_KEY: u8 = (6 << 3) | 2;
 
 impl<'a> Encoder<'a> {
     fn new(profile: &'a Profile) -> Encoder<'a> {

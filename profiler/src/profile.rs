@@ -338,6 +338,33 @@ pub struct Line {
     pub line: u32,
 }
 
+impl Line {
+    /// This line's frame name in a location of kernel code (`kernel`) or not: the
+    /// function, with `_[k]` for the kernel, `;` and line breaks replaced (they separate
+    /// frames and stacks in folded stacks), and `[unknown]` for a function with no name.
+    pub fn frame_name(&self, kernel: bool) -> Cow<'_, str> {
+        let name = &*self.function;
+        // A name of nothing (pprof allows it) would be an empty frame, which folded stacks
+        // cannot hold.
+        if name.trim().is_empty() {
+            return Cow::Borrowed(UNKNOWN_FRAME);
+        }
+        let plain = !name.contains([';', '\n', '\r']);
+        if !kernel && plain {
+            return Cow::Borrowed(name);
+        }
+        let mut text = if plain {
+            name.to_owned()
+        } else {
+            name.replace(';', ":").replace(['\n', '\r'], " ")
+        };
+        if kernel {
+            text.push_str(KERNEL_SUFFIX);
+        }
+        Cow::Owned(text)
+    }
+}
+
 /// An address and the functions it lies in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Location {
@@ -394,27 +421,7 @@ impl Location {
         }
         self.lines
             .iter()
-            .map(|line| {
-                let name = &*line.function;
-                // A name of nothing (pprof allows it) would be an empty frame, which folded
-                // stacks cannot hold.
-                if name.trim().is_empty() {
-                    return Cow::Borrowed(UNKNOWN_FRAME);
-                }
-                let plain = !name.contains([';', '\n', '\r']);
-                if !self.kernel && plain {
-                    return Cow::Borrowed(name);
-                }
-                let mut text = if plain {
-                    name.to_owned()
-                } else {
-                    name.replace(';', ":").replace(['\n', '\r'], " ")
-                };
-                if self.kernel {
-                    text.push_str(KERNEL_SUFFIX);
-                }
-                Cow::Owned(text)
-            })
+            .map(|line| line.frame_name(self.kernel))
             .collect()
     }
 

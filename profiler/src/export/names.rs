@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -29,6 +30,9 @@ pub struct FrameNames<'a> {
     spans: Vec<u32>,
     /// Per label set id: its root frame's name id, `None` for no root frame.
     roots: Vec<Option<Option<u32>>>,
+    /// The name id of a function's frame, by the address of its name and whether it is in
+    /// kernel code; the profile holds every name while this table lives.
+    functions: HashMap<(usize, bool), u32>,
 }
 
 impl<'a> FrameNames<'a> {
@@ -42,6 +46,7 @@ impl<'a> FrameNames<'a> {
             locations: vec![(0, PENDING); profile.locations.len()],
             spans: Vec::new(),
             roots: vec![None; profile.labels.len()],
+            functions: HashMap::default(),
         }
     }
 
@@ -91,19 +96,37 @@ impl<'a> FrameNames<'a> {
         }
     }
 
-    fn location(&mut self, location: u32) -> (u32, u32) {
-        let known = self.locations[location as usize];
+    fn location(&mut self, id: u32) -> (u32, u32) {
+        let known = self.locations[id as usize];
         if known.1 != PENDING {
             return known;
         }
         let profile = self.profile;
         let from = u32::try_from(self.spans.len()).expect("fewer than 2^32 names");
-        for name in profile.locations.get(location).frame_names() {
-            let id = self.intern(name);
+        let location = profile.locations.get(id);
+        if location.lines.is_empty() {
+            let unknown = self.intern(Cow::Borrowed(UNKNOWN_FRAME));
+            self.spans.push(unknown);
+        }
+        for line in &location.lines {
+            // Locations of one function share its name's allocation (one per function as
+            // read or symbolized): found by address, the name is made and hashed once.
+            let key = (
+                Arc::as_ptr(&line.function).cast::<u8>().addr(),
+                location.kernel,
+            );
+            let id = match self.functions.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let id = self.intern(line.frame_name(location.kernel));
+                    self.functions.insert(key, id);
+                    id
+                }
+            };
             self.spans.push(id);
         }
         let span = (from, self.spans.len() as u32 - from);
-        self.locations[location as usize] = span;
+        self.locations[id as usize] = span;
         span
     }
 

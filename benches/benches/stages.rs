@@ -303,18 +303,19 @@ fn resident_bytes() -> u64 {
 /// Writes a folded, an SVG and a pprof file for `profile` into `dir`, as
 /// `prof record -o out.folded -o out.svg -o out.pb.gz` does.
 fn write_outputs(dir: &Path, profile: &Profile) {
-    let outputs = [
+    let files = [
         (dir.join("out.folded"), Format::Folded, Some(0)),
         (dir.join("out.svg"), Format::Svg, Some(0)),
         (dir.join("out.pb.gz"), Format::Pprof, None),
-    ];
-    for (path, format, event) in outputs {
-        let file = OutputFile {
-            path,
-            format,
-            event,
-        };
-        export::write(&file, profile, &flamegraph::Options::default()).expect("writing an output");
+    ]
+    .map(|(path, format, event)| OutputFile {
+        path,
+        format,
+        event,
+    });
+    // As `prof record` writes them: at once, one thread each.
+    for result in export::write_all(&files, profile, &flamegraph::Options::default(), &|_| {}) {
+        result.expect("writing an output");
     }
 }
 

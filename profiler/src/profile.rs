@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 
 // Fx hashing: these maps hold millions of small keys of the profile itself, where
 // SipHash's protection against chosen keys buys nothing and costs a third of the time.
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use indexmap::IndexSet;
+use rustc_hash::{FxBuildHasher, FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::ops::AddAssign;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -337,6 +338,33 @@ pub struct Line {
     pub line: u32,
 }
 
+impl Line {
+    /// This line's frame name in a location of kernel code (`kernel`) or not: the
+    /// function, with `_[k]` for the kernel, `;` and line breaks replaced (they separate
+    /// frames and stacks in folded stacks), and `[unknown]` for a function with no name.
+    pub fn frame_name(&self, kernel: bool) -> Cow<'_, str> {
+        let name = &*self.function;
+        // A name of nothing (pprof allows it) would be an empty frame, which folded stacks
+        // cannot hold.
+        if name.trim().is_empty() {
+            return Cow::Borrowed(UNKNOWN_FRAME);
+        }
+        let plain = !name.contains([';', '\n', '\r']);
+        if !kernel && plain {
+            return Cow::Borrowed(name);
+        }
+        let mut text = if plain {
+            name.to_owned()
+        } else {
+            name.replace(';', ":").replace(['\n', '\r'], " ")
+        };
+        if kernel {
+            text.push_str(KERNEL_SUFFIX);
+        }
+        Cow::Owned(text)
+    }
+}
+
 /// An address and the functions it lies in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -408,27 +436,7 @@ impl Location {
         }
         self.lines
             .iter()
-            .map(|line| {
-                let name = &*line.function;
-                // A name of nothing (pprof allows it) would be an empty frame, which folded
-                // stacks cannot hold.
-                if name.trim().is_empty() {
-                    return Cow::Borrowed(UNKNOWN_FRAME);
-                }
-                let plain = !name.contains([';', '\n', '\r']);
-                if !self.kernel && plain {
-                    return Cow::Borrowed(name);
-                }
-                let mut text = if plain {
-                    name.to_owned()
-                } else {
-                    name.replace(';', ":").replace(['\n', '\r'], " ")
-                };
-                if self.kernel {
-                    text.push_str(KERNEL_SUFFIX);
-                }
-                Cow::Owned(text)
-            })
+            .map(|line| line.frame_name(self.kernel))
             .collect()
     }
 
@@ -465,19 +473,17 @@ impl Labels {
     }
 }
 
-/// Interned values with dense `u32` ids, in insertion order. Each value is kept once: the
-/// index holds ids, and finds a value's id by hashing it.
+/// Interned values with dense `u32` ids, in insertion order. Each value is stored once (an
+/// index set, whose index is the id), not once in a list and again as a map's key.
 #[derive(Clone, Debug)]
 pub struct Table<T> {
-    items: Vec<T>,
-    ids: hashbrown::HashTable<u32>,
+    items: IndexSet<T, FxBuildHasher>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            items: Vec::new(),
-            ids: hashbrown::HashTable::new(),
+            items: IndexSet::default(),
         }
     }
 }
@@ -485,16 +491,8 @@ impl<T> Default for Table<T> {
 impl<T: Clone + Eq + Hash> Table<T> {
     /// The id of `item`, adding it if it is new.
     pub fn intern(&mut self, item: T) -> u32 {
-        let hasher = rustc_hash::FxBuildHasher;
-        let hash = hasher.hash_one(&item);
-        let Table { items, ids } = self;
-        if let Some(&id) = ids.find(hash, |&id| items[id as usize] == item) {
-            return id;
-        }
-        let id = u32::try_from(items.len()).expect("fewer than 2^32 table entries");
-        items.push(item);
-        ids.insert_unique(hash, id, |&id| hasher.hash_one(&items[id as usize]));
-        id
+        let (id, _) = self.items.insert_full(item);
+        u32::try_from(id).expect("fewer than 2^32 table entries")
     }
 
     /// The item with `id`, which this table handed out.

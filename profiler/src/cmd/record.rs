@@ -520,17 +520,26 @@ pub fn write_outputs(
     profile: &Profile,
     flame: &flamegraph::Options,
 ) -> Result<Vec<(Option<usize>, PathBuf)>> {
+    // The files are written at once (see `export::write_all`): what a signal that ends
+    // prof now discards is every file not yet in place.
+    let in_place = std::sync::Mutex::new(vec![false; files.len()]);
+    let tell_signal = |in_place: &[bool]| {
+        let (done, left): (Vec<_>, Vec<_>) = files.iter().zip(in_place).partition(|(_, d)| **d);
+        let paths = |files: Vec<(&OutputFile, &bool)>| -> Vec<PathBuf> {
+            files.into_iter().map(|(f, _)| f.path.clone()).collect()
+        };
+        prof::interrupt::set_message(&discarded_line("interrupted", &paths(done), &paths(left)));
+    };
+    tell_signal(&vec![false; files.len()]);
+    let results = export::write_all(files, profile, flame, &|index| {
+        let mut in_place = in_place.lock().unwrap_or_else(|e| e.into_inner());
+        in_place[index] = true;
+        tell_signal(&in_place);
+    });
     let mut written = Vec::new();
     let mut failures = Vec::new();
-    for (index, file) in files.iter().enumerate() {
-        // What a signal that ends prof now discards: this file and the ones after it.
-        let done: Vec<PathBuf> = written
-            .iter()
-            .map(|(_, path): &(_, PathBuf)| path.clone())
-            .collect();
-        let left: Vec<PathBuf> = files[index..].iter().map(|f| f.path.clone()).collect();
-        prof::interrupt::set_message(&discarded_line("interrupted", &done, &left));
-        match export::write(file, profile, flame) {
+    for (file, result) in files.iter().zip(results) {
+        match result {
             Ok(()) => written.push((file.event, file.path.clone())),
             Err(err) => failures.push(format!("{:#}", anyhow::Error::new(err))),
         }

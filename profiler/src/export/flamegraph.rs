@@ -1,4 +1,4 @@
-//! SVG flame graphs, rendered by inferno from the folded stacks.
+//! SVG flame graphs, rendered by inferno from the merged call tree of the stacks.
 //!
 //! Kernel frames carry the `_[k]` suffix, which inferno's `java` palette colours apart from
 //! user frames, as in perf-based flame graphs. The subtitle states the event, the samples,
@@ -6,7 +6,8 @@
 //!
 //! Frames narrower than `min_width` pixels are pruned here rather than inside inferno, so
 //! the subtitle can say how much was pruned: a graph of 100k unique stacks then stays small
-//! enough for a browser.
+//! enough for a browser. They are pruned on the call tree, built from frame-name ids, so
+//! inferno only parses and merges the frames it draws.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
@@ -17,7 +18,7 @@ use std::str::FromStr;
 use inferno::flamegraph::color::Palette;
 
 use crate::events::Unit;
-use crate::export::folded;
+use crate::export::names::FrameNames;
 use crate::profile::{EventProfile, Profile};
 use crate::text::thousands;
 
@@ -78,18 +79,134 @@ pub struct Pruned {
 }
 
 /// Writes event `event` of `profile` as an SVG flame graph.
+///
+/// The merged call tree is built from the stacks' name ids (see [`FrameNames`]), pruned
+/// there, and only the frames that survive reach inferno, as the folded lines of the tree's
+/// nodes. The graph is the one [`prune`] and [`render`] draw from
+/// [`crate::export::folded::stacks`].
 pub fn write(
     profile: &Profile,
     event: usize,
     options: &Options,
     out: &mut dyn Write,
 ) -> io::Result<()> {
-    let stacks = folded::stacks(profile, event, options.per_pid);
     let events = &profile.events[event];
     let mut inferno = inferno_options(options, &events.name, events.unit)?;
-    let (lines, pruned) = prune(&stacks, options.min_width);
+    let mut names = FrameNames::new(profile, options.per_pid);
+    let tree = CallTree::build(profile, event, &mut names);
+    let (lines, pruned) = tree.prune(&names, options.min_width);
     inferno.subtitle = Some(subtitle(events, pruned));
     render(&mut inferno, &lines, out)
+}
+
+/// One frame of the merged call tree.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    /// The caller's node (the root's is itself).
+    parent: u32,
+    /// The frame's name id.
+    name: u32,
+    /// The estimated count of every stack through this frame.
+    width: u64,
+    /// The estimated count of stacks that end here.
+    own: u64,
+}
+
+/// Every stack of one event merged by frame name into a tree, node 0 above the root frames;
+/// a node always comes after its caller.
+#[derive(Debug)]
+struct CallTree {
+    nodes: Vec<Node>,
+}
+
+impl CallTree {
+    fn build(profile: &Profile, event: usize, names: &mut FrameNames<'_>) -> CallTree {
+        let stacks = &profile.events[event].stacks;
+        let mut nodes = vec![Node {
+            parent: 0,
+            name: u32::MAX,
+            width: 0,
+            own: 0,
+        }];
+        let mut children: HashMap<(u32, u32), u32> = HashMap::default();
+        children.reserve(stacks.len());
+        let mut path = Vec::new();
+        for (stack, value) in stacks {
+            let count = value.period;
+            if count == 0 {
+                continue;
+            }
+            path.clear();
+            names.path(stack, &mut path);
+            let mut node = 0u32;
+            nodes[0].width = nodes[0].width.saturating_add(count);
+            for &name in &path {
+                let next = u32::try_from(nodes.len()).expect("fewer than 2^32 frames");
+                let parent = node;
+                node = *children.entry((parent, name)).or_insert(next);
+                if node == next {
+                    nodes.push(Node {
+                        parent,
+                        name,
+                        width: 0,
+                        own: 0,
+                    });
+                }
+                let width = &mut nodes[node as usize].width;
+                *width = width.saturating_add(count);
+            }
+            let own = &mut nodes[node as usize].own;
+            *own = own.saturating_add(count);
+        }
+        CallTree { nodes }
+    }
+
+    /// The folded lines of the frames at least `min_width` pixels wide, and what was left
+    /// out, as [`prune`] gives them: a frame too narrow goes with everything above it, and
+    /// its caller shows its count as self time.
+    fn prune(&self, names: &FrameNames<'_>, min_width: f64) -> (Vec<String>, Pruned) {
+        let nodes = &self.nodes;
+        let threshold = min_width / (IMAGE_WIDTH - 2.0 * XPAD) * nodes[0].width as f64;
+        let mut pruned = Pruned::default();
+        let mut counts: Vec<u64> = nodes.iter().map(|node| node.own).collect();
+        let mut kept = vec![true; nodes.len()];
+        if threshold > 0.0 {
+            for (id, node) in nodes.iter().enumerate().skip(1) {
+                let parent = node.parent as usize;
+                if !kept[parent] {
+                    kept[id] = false;
+                    pruned.frames += 1;
+                } else if (node.width as f64) < threshold {
+                    kept[id] = false;
+                    pruned.frames += 1;
+                    pruned.count += node.width;
+                    if parent != 0 {
+                        counts[parent] += node.width;
+                    }
+                }
+            }
+        }
+        let mut path = Vec::new();
+        let mut lines = Vec::new();
+        for id in 1..nodes.len() {
+            if !kept[id] || counts[id] == 0 {
+                continue;
+            }
+            path.clear();
+            let mut node = id;
+            while node != 0 {
+                path.push(nodes[node].name);
+                node = nodes[node].parent as usize;
+            }
+            path.reverse();
+            let mut line = names.join(&path);
+            line.push(' ');
+            line.push_str(&counts[id].to_string());
+            lines.push(line);
+        }
+        lines.sort_unstable();
+        (lines, pruned)
+    }
 }
 
 /// inferno's options for `options`, titled after `event`.
@@ -248,6 +365,7 @@ pub fn subtitle(profile: &EventProfile, pruned: Pruned) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::folded;
     use crate::profile::{Labels, Value};
 
     fn page_faults() -> Profile {
@@ -337,5 +455,88 @@ mod tests {
         }
         let err = palette("plaid").unwrap_err();
         assert!(err.contains("java, hot"), "{err}");
+    }
+
+    /// The graph as it was drawn before the call tree: folded text, pruned, rendered.
+    fn through_folded_text(profile: &Profile, options: &Options) -> String {
+        let stacks = folded::stacks(profile, 0, options.per_pid);
+        let event = &profile.events[0];
+        let mut inferno = inferno_options(options, &event.name, event.unit).unwrap();
+        let (lines, pruned) = prune(&stacks, options.min_width);
+        inferno.subtitle = Some(subtitle(event, pruned));
+        let mut out = Vec::new();
+        render(&mut inferno, &lines, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The SVG drawn from the call tree is the one drawn through folded text, byte for
+    /// byte: pruned or not, reversed, per pid, in another palette.
+    #[test]
+    fn call_tree_draws_the_folded_graph() {
+        let profile = crate::export::names::fixtures::tricky();
+        let cases = [
+            Options::default(),
+            Options {
+                per_pid: true,
+                ..Options::default()
+            },
+            Options {
+                reverse: true,
+                colors: "hot".into(),
+                ..Options::default()
+            },
+            Options {
+                min_width: 0.0,
+                ..Options::default()
+            },
+            Options {
+                min_width: 30.0,
+                per_pid: true,
+                ..Options::default()
+            },
+        ];
+        for options in cases {
+            let mut out = Vec::new();
+            write(&profile, 0, &options, &mut out).unwrap();
+            let svg = String::from_utf8(out).unwrap();
+            assert_eq!(svg, through_folded_text(&profile, &options), "{options:?}");
+            if options.min_width == 0.1 {
+                assert!(svg.contains("frames too narrow to draw pruned"), "{svg}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// On random stacks, the pruned call tree gives the lines and pruned counts of
+        /// [`prune`] on the folded stacks.
+        #[test]
+        fn call_tree_prunes_as_folded_text(
+            stacks_in in proptest::collection::vec(
+                (proptest::collection::vec(0..5usize, 0..6), 0..3u32, 0..2000u64),
+                1..60,
+            ),
+            min_width in proptest::prop_oneof![proptest::strategy::Just(0.0), 0.1..200.0f64],
+        ) {
+            const NAMES: [&str; 5] = ["a", "a.b", "a-", "b", "c_[k]"];
+            let mut profile = page_faults();
+            for (frames, pid, count) in &stacks_in {
+                let frames: Vec<&str> = frames.iter().map(|&i| NAMES[i]).collect();
+                let labels = Labels {
+                    pid: Some(*pid),
+                    comm: (*pid > 0).then(|| "p".into()),
+                    extra: Vec::new(),
+                };
+                let value = Value { samples: 1, period: *count };
+                profile.add_named(0, labels, &frames, value);
+            }
+            let mut names = FrameNames::new(&profile, false);
+            let tree = CallTree::build(&profile, 0, &mut names);
+            let (lines, pruned) = tree.prune(&names, min_width);
+            let (mut expected, expected_pruned) =
+                prune(&folded::stacks(&profile, 0, false), min_width);
+            expected.sort_unstable();
+            proptest::prop_assert_eq!(lines, expected);
+            proptest::prop_assert_eq!(pruned, expected_pruned);
+        }
     }
 }

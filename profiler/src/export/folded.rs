@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::events::Unit;
 use crate::export::limits::{Budget, LimitError, ReadLimits};
+use crate::export::names::FrameNames;
 use crate::profile::{EventProfile, Labels, Profile, UNKNOWN_FRAME, Value};
 
 /// Why text could not be read as folded stacks.
@@ -101,17 +102,54 @@ pub fn read_within(
     Ok(profile)
 }
 
-/// Writes event `event` of `profile` as folded stacks.
+/// Writes event `event` of `profile` as folded stacks: the lines of [`stacks`], written
+/// straight from the frame names of each unique location (see [`FrameNames`]) rather than
+/// through one string per line.
 pub fn write(
     profile: &Profile,
     event: usize,
     per_pid: bool,
     out: &mut dyn Write,
 ) -> io::Result<()> {
-    for (stack, count) in stacks(profile, event, per_pid) {
-        writeln!(out, "{stack} {count}")?;
+    let mut names = FrameNames::new(profile, per_pid);
+    let (paths, lines) = merged_paths(profile, event, &mut names);
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    for &(start, len, total) in &lines {
+        names.write_path(&paths[start..start + len], &mut out)?;
+        writeln!(out, " {total}")?;
     }
-    Ok(())
+    out.flush()
+}
+
+/// Event `event`'s stacks as paths of name ids (`paths`, cut by the `(start, len, count)`
+/// of each line), in the order of their folded text, stacks with equal names merged and
+/// those with a count of 0 left out: the lines of [`stacks`], without their text.
+pub(crate) fn merged_paths(
+    profile: &Profile,
+    event: usize,
+    names: &mut FrameNames<'_>,
+) -> (Vec<u32>, Vec<(usize, usize, u64)>) {
+    let stacks = &profile.events[event].stacks;
+    let mut paths: Vec<u32> = Vec::with_capacity(stacks.len() * 16);
+    let mut lines: Vec<(usize, usize, u64)> = Vec::with_capacity(stacks.len());
+    for (stack, value) in stacks {
+        if value.period == 0 {
+            continue;
+        }
+        let start = paths.len();
+        names.path(stack, &mut paths);
+        lines.push((start, paths.len() - start, value.period));
+    }
+    let path = |&(start, len, _): &(usize, usize, u64)| &paths[start..start + len];
+    lines.sort_unstable_by(|a, b| names.compare(path(a), path(b)));
+    let mut merged: Vec<(usize, usize, u64)> = Vec::with_capacity(lines.len());
+    for line in lines {
+        match merged.last_mut() {
+            Some(last) if path(last) == path(&line) => last.2 += line.2,
+            _ => merged.push(line),
+        }
+    }
+    (paths, merged)
 }
 
 /// The folded lines of event `event`, sorted by stack.
@@ -226,5 +264,73 @@ mod tests {
             Err(FoldedError::Empty)
         ));
         assert!(read("a;b -3", "x", Unit::Events).is_err());
+    }
+
+    /// The folded file is written from name ids, and is the text of [`stacks`]' lines, line
+    /// for line, with and without pids: prefixes shared, equal names merged, names that
+    /// sort before `;` in byte order, kernel and unknown frames, a count of 0 left out.
+    #[test]
+    fn written_lines_are_the_stacks_lines() {
+        let profile = crate::export::names::fixtures::tricky();
+        for per_pid in [false, true] {
+            let mut out = Vec::new();
+            write(&profile, 0, per_pid, &mut out).unwrap();
+            let expected: String = stacks(&profile, 0, per_pid)
+                .into_iter()
+                .map(|(stack, count)| format!("{stack} {count}\n"))
+                .collect();
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        let text = String::from_utf8({
+            let mut out = Vec::new();
+            write(&profile, 0, false, &mut out).unwrap();
+            out
+        })
+        .unwrap();
+        let order: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("app;main;work"))
+            .collect();
+        assert_eq!(order[0], "app;main;work 4000000", "two pids merge");
+        assert!(text.lines().any(|l| l == "[unknown] 70000"), "{text}");
+        assert!(text.lines().any(|l| l == "[pid 3];lonely 80000"), "{text}");
+        assert!(!text.contains("zero"), "{text}");
+    }
+
+    proptest::proptest! {
+        /// Random stacks over names that share prefixes and sort around `;` are written as
+        /// [`stacks`] gives them.
+        #[test]
+        fn random_stacks_write_as_their_lines(
+            stacks_in in proptest::collection::vec(
+                (proptest::collection::vec(0..6usize, 0..5), 0..3u32, 0..4u64),
+                1..40,
+            ),
+        ) {
+            const NAMES: [&str; 6] = ["a", "a.b", "a;b", "a-", "b", "a b"];
+            let mut profile = Profile {
+                events: vec![EventProfile::new("x".into(), Unit::Events)],
+                ..Profile::default()
+            };
+            for (frames, pid, count) in &stacks_in {
+                let frames: Vec<&str> = frames.iter().map(|&i| NAMES[i]).collect();
+                let labels = Labels {
+                    pid: Some(*pid),
+                    comm: (*pid > 0).then(|| "p".into()),
+                    extra: Vec::new(),
+                };
+                let value = Value { samples: 1, period: *count };
+                profile.add_named(0, labels, &frames, value);
+            }
+            for per_pid in [false, true] {
+                let mut out = Vec::new();
+                write(&profile, 0, per_pid, &mut out).unwrap();
+                let expected: String = stacks(&profile, 0, per_pid)
+                    .into_iter()
+                    .map(|(stack, count)| format!("{stack} {count}\n"))
+                    .collect();
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod limits;
+pub mod names;
 pub mod pprof;
 mod pprof_scan;
 pub mod ratio;
@@ -318,6 +319,46 @@ pub fn write(
         (_, None) => Err(io::Error::other(
             "a flame graph or folded file needs an event",
         )),
+    })
+}
+
+/// Writes every file of `files` as [`write`] does, at the same time, one thread each: a
+/// flame graph and a pprof file of a big profile take about as long as each other, so on
+/// two CPUs both are written in the time of the longer. `written` is told the index of each
+/// file once it is in place. Returns each file's result, in order.
+pub fn write_all(
+    files: &[OutputFile],
+    profile: &Profile,
+    options: &flamegraph::Options,
+    written: &(dyn Fn(usize) + Sync),
+) -> Vec<Result<(), ExportError>> {
+    let write_one = |index: usize, file: &OutputFile| {
+        let result = write(file, profile, options);
+        if result.is_ok() {
+            written(index);
+        }
+        result
+    };
+    if files.len() < 2 {
+        return files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| write_one(i, f))
+            .collect();
+    }
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| scope.spawn(move || write_one(index, file)))
+            .collect();
+        writers
+            .into_iter()
+            .map(|writer| match writer.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
     })
 }
 

@@ -17,6 +17,7 @@
 //! Files written before this naming (`cpu-clock/samples`, `cpu-clock`) still read.
 
 use rustc_hash::FxHashMap as HashMap;
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -443,10 +444,13 @@ pub fn backend_rule_violations(message: &proto::Profile) -> Vec<String> {
     broken
 }
 
-/// Writes `profile` as a gzipped pprof file.
+/// Writes `profile` as a gzipped pprof file. The message is the one [`encode`] builds,
+/// byte for byte, but streamed: samples are encoded one at a time from the profile's stacks
+/// and the string table straight from its interned strings, so no copy of the whole message
+/// is held.
 pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
     let mut gzip = GzEncoder::new(out, Compression::default());
-    gzip.write_all(&encode(profile).encode_to_vec())?;
+    Encoder::new(profile).write(&mut gzip)?;
     gzip.finish()?;
     Ok(())
 }
@@ -487,35 +491,59 @@ pub fn decode_bytes_within(bytes: &[u8], limits: &ReadLimits) -> Result<Profile,
     } else {
         bytes
     };
-    pprof_scan::check(raw, limits).map_err(|err| match err {
+    let scan_error = |err| match err {
         ScanError::Limit(limit) => PprofError::Limit(limit),
         ScanError::Malformed => PprofError::Malformed,
-    })?;
-    decode_within(&proto::Profile::decode(raw)?, limits)
+    };
+    pprof_scan::check(raw, limits).map_err(scan_error)?;
+    // The samples, nearly all of a big profile, are decoded one at a time as they are read
+    // into the profile, never all at once.
+    let (samples, rest) = pprof_scan::split_samples(raw).map_err(scan_error)?;
+    let message = proto::Profile::decode(rest.as_slice())?;
+    drop(rest);
+    let samples = samples
+        .into_iter()
+        .map(|bytes| proto::Sample::decode(bytes).map_err(PprofError::from));
+    decode_samples(&message, samples, limits)
 }
 
-/// Strings of the table being built, by index.
+/// Strings of the table being built, by index: borrowed from the profile where they come
+/// from it, each stored once.
 #[derive(Default)]
-struct StringTable {
-    strings: Vec<String>,
-    index: HashMap<String, i64>,
+struct StringTable<'a> {
+    strings: Vec<Cow<'a, str>>,
+    index: HashMap<Cow<'a, str>, i64>,
 }
 
-impl StringTable {
-    fn new() -> StringTable {
+impl<'a> StringTable<'a> {
+    fn new() -> StringTable<'a> {
         let mut table = StringTable::default();
         table.get("");
         table
     }
 
-    fn get(&mut self, text: &str) -> i64 {
-        if let Some(&index) = self.index.get(text) {
+    /// The index of `text`, which lives as long as the profile.
+    fn get(&mut self, text: &'a str) -> i64 {
+        self.intern(Cow::Borrowed(text))
+    }
+
+    /// The index of a string made while encoding.
+    fn get_owned(&mut self, text: String) -> i64 {
+        self.intern(Cow::Owned(text))
+    }
+
+    fn intern(&mut self, text: Cow<'a, str>) -> i64 {
+        if let Some(&index) = self.index.get(text.as_ref()) {
             return index;
         }
         let index = self.strings.len() as i64;
-        self.strings.push(text.to_owned());
-        self.index.insert(text.to_owned(), index);
+        self.strings.push(text.clone());
+        self.index.insert(text, index);
         index
+    }
+
+    fn into_strings(self) -> Vec<String> {
+        self.strings.into_iter().map(Cow::into_owned).collect()
     }
 }
 
@@ -588,178 +616,337 @@ fn apply_losses_comment(comment: &str, events: &mut [EventProfile]) -> bool {
 
 /// Builds the pprof message for `profile`.
 pub fn encode(profile: &Profile) -> proto::Profile {
-    let mut strings = StringTable::new();
-    let mut message = proto::Profile::default();
-    let type_names = sample_types(&profile.events);
-    for names in &type_names {
-        message.sample_type.push(proto::ValueType {
-            r#type: strings.get(&names.samples),
-            unit: strings.get("count"),
-        });
-        message.sample_type.push(proto::ValueType {
-            r#type: strings.get(&names.value),
-            unit: strings.get(names.unit),
-        });
+    let encoder = Encoder::new(profile);
+    let mut sample = proto::Sample::default();
+    let mut samples = Vec::with_capacity(encoder.rows.len());
+    for row in 0..encoder.rows.len() {
+        encoder.sample(row, &mut sample);
+        samples.push(sample.clone());
     }
+    let Encoder {
+        head,
+        mut tail,
+        strings,
+        ..
+    } = encoder;
+    tail.sample_type = head.sample_type;
+    tail.sample = samples;
+    tail.string_table = strings.into_strings();
+    tail
+}
 
-    // Mappings; kernel locations without one (from folded input) share a synthetic one.
-    for (id, mapping) in profile.mappings.iter() {
-        message.mapping.push(proto::Mapping {
-            id: u64::from(id) + 1,
-            memory_start: mapping.start,
-            memory_limit: mapping.limit,
-            file_offset: mapping.offset,
-            filename: strings.get(&mapping.file),
-            build_id: mapping.build_id.as_deref().map_or(0, |id| strings.get(id)),
-            has_functions: mapping.has_functions,
-            has_filenames: mapping.has_lines,
-            has_line_numbers: mapping.has_lines,
-            has_inline_frames: mapping.has_lines,
-        });
-    }
-    let mut kernel_mapping = None;
+/// A profile on its way to pprof: every table built once per unique mapping, location,
+/// function, label set and string, and the samples (one per unique stack, with the values
+/// of every event) sorted but not yet encoded.
+struct Encoder<'a> {
+    /// The sample types (field 1).
+    head: proto::Profile,
+    /// Fields 3 to 14, but for the string table (6).
+    tail: proto::Profile,
+    strings: StringTable<'a>,
+    /// The stacks in sample order.
+    rows: Vec<&'a Stack>,
+    /// `types` values per row, in the order of `rows`.
+    values: Vec<i64>,
+    types: usize,
+    /// Per label set id: its sample labels.
+    labels: Vec<Vec<proto::Label>>,
+}
 
-    let mut functions: HashMap<(&str, Option<&str>), u64> = HashMap::default();
-    for (id, location) in profile.locations.iter() {
-        let mapping_id = match location.mapping {
-            Some(mapping) => u64::from(mapping) + 1,
-            None if location.kernel => *kernel_mapping.get_or_insert_with(|| {
-                let id = message.mapping.len() as u64 + 1;
-                message.mapping.push(proto::Mapping {
-                    id,
-                    filename: strings.get(KERNEL_MAPPING),
-                    memory_limit: u64::MAX,
-                    has_functions: true,
-                    ..proto::Mapping::default()
-                });
-                id
-            }),
-            None => 0,
-        };
-        let lines = location
-            .lines
-            .iter()
-            .rev()
-            .map(|line| {
-                let key = (&*line.function, line.file.as_deref());
-                let next = functions.len() as u64 + 1;
-                let function_id = *functions.entry(key).or_insert_with(|| {
-                    let name = strings.get(&line.function);
-                    message.function.push(proto::Function {
-                        id: next,
-                        name,
-                        system_name: name,
-                        filename: line.file.as_deref().map_or(0, |f| strings.get(f)),
-                        start_line: 0,
-                    });
-                    next
-                });
-                proto::Line {
-                    function_id,
-                    line: i64::from(line.line),
-                    column: 0,
-                }
-            })
-            .collect();
-        message.location.push(proto::Location {
-            id: u64::from(id) + 1,
-            mapping_id,
-            address: location.address,
-            line: lines,
-            is_folded: false,
-        });
-    }
+/// The protobuf keys of `Profile.sample` (field 2) and `Profile.string_table` (field 6),
+/// both length-delimited.
+const SAMPLE_KEY: u8 = (2 << 3) | 2;
+const STRING_KEY: u8 = (6 << 3) | 2;
 
-    // One pprof sample per stack, with the values of every event.
-    let types = message.sample_type.len();
-    let mut samples: HashMap<&Stack, Vec<i64>> = HashMap::default();
-    for (index, event) in profile.events.iter().enumerate() {
-        for (stack, value) in &event.stacks {
-            let values = samples.entry(stack).or_insert_with(|| vec![0; types]);
-            values[2 * index] += saturate(value.samples);
-            values[2 * index + 1] += saturate(value.period);
+impl<'a> Encoder<'a> {
+    fn new(profile: &'a Profile) -> Encoder<'a> {
+        let mut strings = StringTable::new();
+        let mut head = proto::Profile::default();
+        let mut message = proto::Profile::default();
+        let type_names = sample_types(&profile.events);
+        for names in &type_names {
+            head.sample_type.push(proto::ValueType {
+                r#type: strings.get_owned(names.samples.clone()),
+                unit: strings.get("count"),
+            });
+            head.sample_type.push(proto::ValueType {
+                r#type: strings.get_owned(names.value.clone()),
+                unit: strings.get(names.unit),
+            });
         }
-    }
-    let mut samples: Vec<(&Stack, Vec<i64>)> = samples.into_iter().collect();
-    samples.sort_by(|a, b| (a.0.labels, &a.0.locations).cmp(&(b.0.labels, &b.0.locations)));
-    let pid_key = strings.get("pid");
-    let comm_key = strings.get("comm");
-    let mut label_cache: HashMap<u32, Vec<proto::Label>> = HashMap::default();
-    for (stack, value) in samples {
-        let label = label_cache
-            .entry(stack.labels)
-            .or_insert_with(|| {
-                let labels = profile.labels.get(stack.labels);
-                let mut out = Vec::new();
-                if let Some(pid) = labels.pid {
-                    out.push(proto::Label {
-                        key: pid_key,
-                        num: i64::from(pid),
-                        ..proto::Label::default()
+
+        // Mappings; kernel locations without one (from folded input) share a synthetic one.
+        for (id, mapping) in profile.mappings.iter() {
+            message.mapping.push(proto::Mapping {
+                id: u64::from(id) + 1,
+                memory_start: mapping.start,
+                memory_limit: mapping.limit,
+                file_offset: mapping.offset,
+                filename: strings.get(&mapping.file),
+                build_id: mapping.build_id.as_deref().map_or(0, |id| strings.get(id)),
+                has_functions: mapping.has_functions,
+                has_filenames: mapping.has_lines,
+                has_line_numbers: mapping.has_lines,
+                has_inline_frames: mapping.has_lines,
+            });
+        }
+        let mut kernel_mapping = None;
+
+        let mut functions: HashMap<(&str, Option<&str>), u64> = HashMap::default();
+        message.location.reserve(profile.locations.len());
+        for (id, location) in profile.locations.iter() {
+            let mapping_id = match location.mapping {
+                Some(mapping) => u64::from(mapping) + 1,
+                None if location.kernel => *kernel_mapping.get_or_insert_with(|| {
+                    let id = message.mapping.len() as u64 + 1;
+                    message.mapping.push(proto::Mapping {
+                        id,
+                        filename: strings.get(KERNEL_MAPPING),
+                        memory_limit: u64::MAX,
+                        has_functions: true,
+                        ..proto::Mapping::default()
                     });
-                }
-                if let Some(comm) = &labels.comm {
-                    out.push(proto::Label {
-                        key: comm_key,
-                        str: strings.get(comm),
-                        ..proto::Label::default()
-                    });
-                }
-                for (key, value) in &labels.extra {
-                    out.push(proto::Label {
-                        key: strings.get(key),
-                        str: strings.get(value),
-                        ..proto::Label::default()
-                    });
-                }
-                out
-            })
-            .clone();
-        message.sample.push(proto::Sample {
-            location_id: stack
-                .locations
+                    id
+                }),
+                None => 0,
+            };
+            let lines = location
+                .lines
                 .iter()
                 .rev()
-                .map(|&id| u64::from(id) + 1)
-                .collect(),
-            value,
-            label,
-        });
-    }
+                .map(|line| {
+                    let key = (&*line.function, line.file.as_deref());
+                    let next = functions.len() as u64 + 1;
+                    let function_id = *functions.entry(key).or_insert_with(|| {
+                        let name = strings.get(&line.function);
+                        message.function.push(proto::Function {
+                            id: next,
+                            name,
+                            system_name: name,
+                            filename: line.file.as_deref().map_or(0, |f| strings.get(f)),
+                            start_line: 0,
+                        });
+                        next
+                    });
+                    proto::Line {
+                        function_id,
+                        line: i64::from(line.line),
+                        column: 0,
+                    }
+                })
+                .collect();
+            message.location.push(proto::Location {
+                id: u64::from(id) + 1,
+                mapping_id,
+                address: location.address,
+                line: lines,
+                is_folded: false,
+            });
+        }
 
-    // The period type is the CPU event's (`cpu`/`nanoseconds`, as Pyroscope's CPU series
-    // and Alloy's profiles have it), else the first event's.
-    if let Some(main) = cpu_event(&profile.events).or((!profile.events.is_empty()).then_some(0)) {
-        let total = profile.events[main].total();
-        let names = &type_names[main];
-        message.period_type = Some(proto::ValueType {
-            r#type: strings.get(&names.value),
-            unit: strings.get(names.unit),
+        // One pprof sample per stack, with the values of every event: a row of values per
+        // stack, found by the stack only where several events may share it.
+        let types = head.sample_type.len();
+        let mut rows: Vec<(&Stack, usize)> = Vec::new();
+        let mut values: Vec<i64> = Vec::new();
+        let mut row_of: HashMap<&Stack, usize> = HashMap::default();
+        for (index, event) in profile.events.iter().enumerate() {
+            rows.reserve(event.stacks.len());
+            for (stack, value) in &event.stacks {
+                let row = if index == 0 {
+                    None
+                } else {
+                    row_of.get(stack).copied()
+                };
+                let row = row.unwrap_or_else(|| {
+                    let row = rows.len();
+                    rows.push((stack, row));
+                    values.resize(values.len() + types, 0);
+                    if profile.events.len() > 1 {
+                        row_of.insert(stack, row);
+                    }
+                    row
+                });
+                let values = &mut values[row * types..(row + 1) * types];
+                values[2 * index] = values[2 * index].saturating_add(saturate(value.samples));
+                values[2 * index + 1] =
+                    values[2 * index + 1].saturating_add(saturate(value.period));
+            }
+        }
+        drop(row_of);
+        rows.sort_unstable_by(|a, b| {
+            (a.0.labels, &a.0.locations).cmp(&(b.0.labels, &b.0.locations))
         });
-        message.period = saturate(total.period / total.samples.max(1));
-        message.default_sample_type = strings.get(&names.value);
-    }
-    message.time_nanos = profile
-        .start
-        .and_then(|start| start.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |since| saturate(since.as_nanos() as u64));
-    message.duration_nanos = saturate(profile.duration.as_nanos() as u64);
-    let mut comments: Vec<String> = profile.comments.clone();
-    for (event, names) in profile.events.iter().zip(&type_names) {
-        if event.name != names.value {
-            comments.push(format!("{EVENT_COMMENT}{}={}", names.value, event.name));
+        let mut sorted_values = Vec::with_capacity(values.len());
+        for &(_, row) in &rows {
+            sorted_values.extend_from_slice(&values[row * types..(row + 1) * types]);
+        }
+        drop(values);
+        let rows: Vec<&Stack> = rows.into_iter().map(|(stack, _)| stack).collect();
+
+        // Labels, their strings interned in the order the samples first use them.
+        let pid_key = strings.get("pid");
+        let comm_key = strings.get("comm");
+        let mut label_sets: Vec<Option<Vec<proto::Label>>> = vec![None; profile.labels.len()];
+        for stack in &rows {
+            let cached = &mut label_sets[stack.labels as usize];
+            if cached.is_some() {
+                continue;
+            }
+            let labels = profile.labels.get(stack.labels);
+            let mut out = Vec::new();
+            if let Some(pid) = labels.pid {
+                out.push(proto::Label {
+                    key: pid_key,
+                    num: i64::from(pid),
+                    ..proto::Label::default()
+                });
+            }
+            if let Some(comm) = &labels.comm {
+                out.push(proto::Label {
+                    key: comm_key,
+                    str: strings.get(comm),
+                    ..proto::Label::default()
+                });
+            }
+            for (key, value) in &labels.extra {
+                out.push(proto::Label {
+                    key: strings.get(key),
+                    str: strings.get(value),
+                    ..proto::Label::default()
+                });
+            }
+            *cached = Some(out);
+        }
+        let labels = label_sets
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+
+        // The period type is the CPU event's (`cpu`/`nanoseconds`, as Pyroscope's CPU series
+        // and Alloy's profiles have it), else the first event's.
+        if let Some(main) = cpu_event(&profile.events).or((!profile.events.is_empty()).then_some(0))
+        {
+            let total = profile.events[main].total();
+            let names = &type_names[main];
+            message.period_type = Some(proto::ValueType {
+                r#type: strings.get_owned(names.value.clone()),
+                unit: strings.get(names.unit),
+            });
+            message.period = saturate(total.period / total.samples.max(1));
+            message.default_sample_type = strings.get_owned(names.value.clone());
+        }
+        message.time_nanos = profile
+            .start
+            .and_then(|start| start.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |since| saturate(since.as_nanos() as u64));
+        message.duration_nanos = saturate(profile.duration.as_nanos() as u64);
+        let mut comments: Vec<i64> = profile.comments.iter().map(|c| strings.get(c)).collect();
+        for (event, names) in profile.events.iter().zip(&type_names) {
+            if event.name != names.value {
+                comments.push(
+                    strings.get_owned(format!("{EVENT_COMMENT}{}={}", names.value, event.name)),
+                );
+            }
+        }
+        for event in &profile.events {
+            comments.push(strings.get_owned(losses_comment(event)));
+        }
+        if profile.forks_untracked > 0 {
+            comments.push(
+                strings.get_owned(format!("prof forks_untracked={}", profile.forks_untracked)),
+            );
+        }
+        if profile.side_band_lost > 0 {
+            comments
+                .push(strings.get_owned(format!("prof side_band_lost={}", profile.side_band_lost)));
+        }
+        message.comment = comments;
+        Encoder {
+            head,
+            tail: message,
+            strings,
+            rows,
+            values: sorted_values,
+            types,
+            labels,
         }
     }
-    comments.extend(profile.events.iter().map(losses_comment));
-    if profile.forks_untracked > 0 {
-        comments.push(format!("prof forks_untracked={}", profile.forks_untracked));
+
+    /// Fills `sample` with row `row`, reusing its buffers.
+    fn sample(&self, row: usize, sample: &mut proto::Sample) {
+        let stack = self.rows[row];
+        sample.location_id.clear();
+        sample
+            .location_id
+            .extend(stack.locations.iter().rev().map(|&id| u64::from(id) + 1));
+        sample.value.clear();
+        sample
+            .value
+            .extend_from_slice(&self.values[row * self.types..(row + 1) * self.types]);
+        sample.label.clear();
+        sample
+            .label
+            .extend_from_slice(&self.labels[stack.labels as usize]);
     }
-    if profile.side_band_lost > 0 {
-        comments.push(format!("prof side_band_lost={}", profile.side_band_lost));
+
+    /// Writes the encoded message: the fields in the order prost writes them, the samples
+    /// and strings one at a time.
+    fn write(self, out: &mut dyn Write) -> io::Result<()> {
+        const CHUNK: usize = 1 << 18;
+        let mut buf = Vec::with_capacity(2 * CHUNK);
+        self.head.encode(&mut buf).map_err(io::Error::other)?;
+        let mut sample = proto::Sample::default();
+        for row in 0..self.rows.len() {
+            self.sample(row, &mut sample);
+            buf.push(SAMPLE_KEY);
+            sample
+                .encode_length_delimited(&mut buf)
+                .map_err(io::Error::other)?;
+            if buf.len() >= CHUNK {
+                out.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        // Fields 3 to 5 (mappings, locations, functions), then the strings (6), then 7 to
+        // 14: prost writes fields in tag order, and a message is the concatenation of its
+        // fields.
+        let (low, high) = split_at_strings(self.tail);
+        low.encode(&mut buf).map_err(io::Error::other)?;
+        for text in &self.strings.strings {
+            buf.push(STRING_KEY);
+            prost::encode_length_delimiter(text.len(), &mut buf).map_err(io::Error::other)?;
+            buf.extend_from_slice(text.as_bytes());
+            if buf.len() >= CHUNK {
+                out.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        high.encode(&mut buf).map_err(io::Error::other)?;
+        out.write_all(&buf)
     }
-    message.comment = comments.iter().map(|c| strings.get(c)).collect();
-    message.string_table = strings.strings;
-    message
+}
+
+/// `message` as two messages: its fields below the string table's (6), and those above.
+fn split_at_strings(message: proto::Profile) -> (proto::Profile, proto::Profile) {
+    let low = proto::Profile {
+        mapping: message.mapping,
+        location: message.location,
+        function: message.function,
+        ..proto::Profile::default()
+    };
+    let high = proto::Profile {
+        drop_frames: message.drop_frames,
+        keep_frames: message.keep_frames,
+        time_nanos: message.time_nanos,
+        duration_nanos: message.duration_nanos,
+        period_type: message.period_type,
+        period: message.period,
+        comment: message.comment,
+        default_sample_type: message.default_sample_type,
+        ..proto::Profile::default()
+    };
+    (low, high)
 }
 
 fn saturate(value: u64) -> i64 {
@@ -775,6 +962,16 @@ pub fn decode(message: &proto::Profile) -> Result<Profile, PprofError> {
 /// Reads a decoded message into a [`Profile`], checking every reference; a stack deeper
 /// than `limits` allows, counting inlined functions, is refused.
 pub fn decode_within(message: &proto::Profile, limits: &ReadLimits) -> Result<Profile, PprofError> {
+    decode_samples(message, message.sample.iter().map(Ok), limits)
+}
+
+/// [`decode_within`] with the samples apart, so that a caller can decode each as it is
+/// read.
+fn decode_samples<S: std::borrow::Borrow<proto::Sample>>(
+    message: &proto::Profile,
+    samples: impl IntoIterator<Item = Result<S, PprofError>>,
+    limits: &ReadLimits,
+) -> Result<Profile, PprofError> {
     let budget = limits::Budget::new(*limits);
     let strings = &message.string_table;
     let string = |index: i64, what: &str| -> Result<&str, PprofError> {
@@ -877,7 +1074,9 @@ pub fn decode_within(message: &proto::Profile, limits: &ReadLimits) -> Result<Pr
             )));
         }
     }
-    let mut functions: HashMap<u64, (&str, Option<&str>)> = HashMap::default();
+    // Each function's name and file once, shared by every location that has its lines.
+    let mut files: HashMap<&str, Arc<str>> = HashMap::default();
+    let mut functions: HashMap<u64, (Arc<str>, Option<Arc<str>>)> = HashMap::default();
     for function in &message.function {
         let name = string(function.name, "a function's name")?;
         let name = if name.is_empty() {
@@ -887,7 +1086,12 @@ pub fn decode_within(message: &proto::Profile, limits: &ReadLimits) -> Result<Pr
         };
         let file = string(function.filename, "a function's file name")?;
         let file = (!file.is_empty()).then_some(file);
-        if function.id == 0 || functions.insert(function.id, (name, file)).is_some() {
+        let file = file.map(|file| files.entry(file).or_insert_with(|| Arc::from(file)).clone());
+        if function.id == 0
+            || functions
+                .insert(function.id, (Arc::from(name), file))
+                .is_some()
+        {
             return Err(PprofError::Invalid(format!(
                 "function id {} is zero or used twice",
                 function.id
@@ -907,15 +1111,15 @@ pub fn decode_within(message: &proto::Profile, limits: &ReadLimits) -> Result<Pr
         };
         let mut lines = Vec::with_capacity(location.line.len());
         for line in location.line.iter().rev() {
-            let &(name, file) = functions.get(&line.function_id).ok_or_else(|| {
+            let (name, file) = functions.get(&line.function_id).ok_or_else(|| {
                 PprofError::Invalid(format!(
                     "location {} refers to function {}, which does not exist",
                     location.id, line.function_id
                 ))
             })?;
             lines.push(Line {
-                function: Arc::from(name),
-                file: file.map(Arc::from),
+                function: name.clone(),
+                file: file.clone(),
                 line: u32::try_from(line.line).unwrap_or(0),
             });
         }
@@ -937,7 +1141,9 @@ pub fn decode_within(message: &proto::Profile, limits: &ReadLimits) -> Result<Pr
     let comm_key = strings.iter().position(|s| s == "comm").map(|i| i as i64);
     // Every event's total must fit, so that no share is computed from a wrapped sum.
     let mut totals = vec![Value::default(); profile.events.len()];
-    for sample in &message.sample {
+    for sample in samples {
+        let sample = sample?;
+        let sample = sample.borrow();
         if sample.value.len() != types.len() {
             return Err(PprofError::Invalid(format!(
                 "a sample has {} values for {} sample types",
@@ -1130,6 +1336,54 @@ mod tests {
         assert!(back.comments.is_empty(), "{:?}", back.comments);
     }
 
+    /// The file [`write`] streams is, once decompressed, the message [`encode`] builds,
+    /// byte for byte, and reads back with the same stacks and values: one event, and two
+    /// events that share some stacks and not others.
+    #[test]
+    fn streamed_file_is_the_message() {
+        let mut shared = sample_profile();
+        shared.add_named(
+            0,
+            Labels::default(),
+            &["only_cpu"],
+            Value {
+                samples: 2,
+                period: 20,
+            },
+        );
+        shared.add_named(
+            1,
+            Labels::default(),
+            &["only_faults"],
+            Value {
+                samples: 1,
+                period: 9,
+            },
+        );
+        for profile in [
+            sample_profile(),
+            shared,
+            crate::export::names::fixtures::tricky(),
+        ] {
+            let mut file = Vec::new();
+            write(&profile, &mut file).unwrap();
+            let mut streamed = Vec::new();
+            GzDecoder::new(file.as_slice())
+                .read_to_end(&mut streamed)
+                .unwrap();
+            assert_eq!(streamed, encode(&profile).encode_to_vec());
+            let back = decode_bytes(&file).unwrap();
+            assert_eq!(back.events.len(), profile.events.len());
+            for event in 0..profile.events.len() {
+                assert_eq!(back.events[event].total(), profile.events[event].total());
+                assert_eq!(
+                    crate::export::folded::lines(&back, event, true),
+                    crate::export::folded::lines(&profile, event, true)
+                );
+            }
+        }
+    }
+
     /// The sample types of prof's profiles: `samples`/`count` and `cpu`/`nanoseconds` for
     /// cpu-clock (the period type too), `page_faults_samples`/`count` and
     /// `page_faults`/`count` beside it, none with `-`, `/` or `:`; the file passes the
@@ -1214,7 +1468,7 @@ mod tests {
         let mut message = encode(&sample_profile());
         let mut strings = StringTable::new();
         for s in &message.string_table[1..] {
-            strings.get(s);
+            strings.get_owned(s.clone());
         }
         message.sample_type = vec![
             proto::ValueType {
@@ -1230,7 +1484,7 @@ mod tests {
             sample.value = vec![4, 40_000_000];
         }
         message.comment.clear();
-        message.string_table = strings.strings;
+        message.string_table = strings.into_strings();
         let profile = decode(&message).unwrap();
         assert_eq!(profile.events.len(), 1);
         assert_eq!(profile.events[0].name, "cpu");

@@ -74,41 +74,62 @@ fn take<'a>(bytes: &mut &'a [u8], n: u64) -> Result<&'a [u8], ScanError> {
     Ok(head)
 }
 
+/// Takes one field off the front of `bytes`: its number and payload.
+fn field<'a>(bytes: &mut &'a [u8]) -> Result<(u32, Payload<'a>), ScanError> {
+    let key = varint(bytes)?;
+    // Field 0 does not exist: a run of zero bytes is not a message.
+    let field = u32::try_from(key >> 3)
+        .ok()
+        .filter(|&field| field > 0)
+        .ok_or(ScanError::Malformed)?;
+    let payload = match key & 7 {
+        0 => {
+            varint(bytes)?;
+            Payload::Varint
+        }
+        1 => {
+            take(bytes, 8)?;
+            Payload::Fixed
+        }
+        2 => {
+            let len = varint(bytes)?;
+            Payload::Bytes(take(bytes, len)?)
+        }
+        5 => {
+            take(bytes, 4)?;
+            Payload::Fixed
+        }
+        // Groups (3, 4) are not used by pprof; 6 and 7 do not exist.
+        _ => return Err(ScanError::Malformed),
+    };
+    Ok((field, payload))
+}
+
 /// Calls `visit` with each field of the message in `bytes`, in order.
 fn walk<'a>(
     mut bytes: &'a [u8],
     mut visit: impl FnMut(u32, Payload<'a>) -> Result<(), ScanError>,
 ) -> Result<(), ScanError> {
     while !bytes.is_empty() {
-        let key = varint(&mut bytes)?;
-        // Field 0 does not exist: a run of zero bytes is not a message.
-        let field = u32::try_from(key >> 3)
-            .ok()
-            .filter(|&field| field > 0)
-            .ok_or(ScanError::Malformed)?;
-        let payload = match key & 7 {
-            0 => {
-                varint(&mut bytes)?;
-                Payload::Varint
-            }
-            1 => {
-                take(&mut bytes, 8)?;
-                Payload::Fixed
-            }
-            2 => {
-                let len = varint(&mut bytes)?;
-                Payload::Bytes(take(&mut bytes, len)?)
-            }
-            5 => {
-                take(&mut bytes, 4)?;
-                Payload::Fixed
-            }
-            // Groups (3, 4) are not used by pprof; 6 and 7 do not exist.
-            _ => return Err(ScanError::Malformed),
-        };
+        let (field, payload) = field(&mut bytes)?;
         visit(field, payload)?;
     }
     Ok(())
+}
+
+/// The pprof message in `bytes` split in two: the encoded samples, one slice each, and a
+/// message of every other field, so that the samples can be decoded one at a time.
+pub fn split_samples(mut bytes: &[u8]) -> Result<(Vec<&[u8]>, Vec<u8>), ScanError> {
+    let mut samples = Vec::new();
+    let mut rest = Vec::new();
+    while !bytes.is_empty() {
+        let start = bytes;
+        match field(&mut bytes)? {
+            (PROFILE_SAMPLE, Payload::Bytes(sample)) => samples.push(sample),
+            _ => rest.extend_from_slice(&start[..start.len() - bytes.len()]),
+        }
+    }
+    Ok((samples, rest))
 }
 
 /// How many values a repeated scalar field holds in one occurrence: one unpacked, or as many

@@ -752,30 +752,45 @@ impl Profile {
     pub fn function_shares(&self, event: usize) -> Vec<FunctionShare> {
         let profile = &self.events[event];
         let total = profile.total().period.max(1) as f64;
-        let mut shares: HashMap<String, (u64, u64)> = HashMap::default();
-        let mut seen: HashSet<String> = HashSet::default();
+        // Names get ids, and each location its names' ids, once: stacks share locations.
+        let mut ids: HashMap<Cow<'_, str>, usize> = HashMap::default();
+        let mut names: Vec<(Cow<'_, str>, u64, u64)> = Vec::new();
+        let mut of_location: HashMap<u32, Box<[usize]>> = HashMap::default();
+        let mut seen: HashSet<usize> = HashSet::default();
         for (stack, value) in &profile.stacks {
             let Some(&leaf) = stack.locations.last() else {
                 continue;
             };
-            let leaf = self.locations.get(leaf).leaf_name().into_owned();
-            shares.entry(leaf).or_default().0 += value.period;
             seen.clear();
             for &location in stack.locations.iter() {
-                for name in self.locations.get(location).frame_names() {
-                    if !seen.contains(name.as_ref()) {
-                        seen.insert(name.into_owned());
-                    }
-                }
+                let location_names = of_location.entry(location).or_insert_with(|| {
+                    self.locations
+                        .get(location)
+                        .frame_names()
+                        .into_iter()
+                        .map(|name| {
+                            let next = names.len();
+                            *ids.entry(name.clone()).or_insert_with(|| {
+                                names.push((name, 0, 0));
+                                next
+                            })
+                        })
+                        .collect()
+                });
+                seen.extend(location_names.iter().copied());
             }
-            for name in seen.drain() {
-                shares.entry(name).or_default().1 += value.period;
+            // The leaf location's innermost name, as `Location::leaf_name` gives it.
+            if let Some(&name) = of_location[&leaf].last() {
+                names[name].1 += value.period;
+            }
+            for &name in &seen {
+                names[name].2 += value.period;
             }
         }
-        let mut ranked: Vec<FunctionShare> = shares
+        let mut ranked: Vec<FunctionShare> = names
             .into_iter()
-            .map(|(name, (self_period, total_period))| FunctionShare {
-                name,
+            .map(|(name, self_period, total_period)| FunctionShare {
+                name: name.into_owned(),
                 self_share: self_period as f64 / total,
                 total_share: total_period as f64 / total,
             })
@@ -789,13 +804,31 @@ impl Profile {
         ranked
     }
 
-    /// The `n` functions with the largest self share of event `event`, largest first.
+    /// The `n` functions with the largest self share of event `event`, largest first (ties
+    /// by name). Periods are summed per leaf location first, so each distinct leaf is named
+    /// once, not once per stack: the summary calls this for every recording.
     pub fn hottest_self(&self, event: usize, n: usize) -> Vec<(String, f64)> {
-        self.function_shares(event)
+        let profile = &self.events[event];
+        let total = profile.total().period.max(1) as f64;
+        let mut by_leaf: HashMap<u32, u64> = HashMap::default();
+        for (stack, value) in &profile.stacks {
+            if let Some(&leaf) = stack.locations.last() {
+                *by_leaf.entry(leaf).or_default() += value.period;
+            }
+        }
+        let mut by_name: HashMap<Cow<'_, str>, u64> = HashMap::default();
+        for (leaf, period) in by_leaf {
+            *by_name
+                .entry(self.locations.get(leaf).leaf_name())
+                .or_default() += period;
+        }
+        let mut ranked: Vec<(Cow<'_, str>, u64)> =
+            by_name.into_iter().filter(|&(_, p)| p > 0).collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked
             .into_iter()
-            .filter(|share| share.self_share > 0.0)
             .take(n)
-            .map(|share| (share.name, share.self_share))
+            .map(|(name, period)| (name.into_owned(), period as f64 / total))
             .collect()
     }
 

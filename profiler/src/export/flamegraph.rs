@@ -518,17 +518,7 @@ mod tests {
             min_width in proptest::prop_oneof![proptest::strategy::Just(0.0), 0.1..200.0f64],
         ) {
             const NAMES: [&str; 5] = ["a", "a.b", "a-", "b", "c_[k]"];
-            let mut profile = page_faults();
-            for (frames, pid, count) in &stacks_in {
-                let frames: Vec<&str> = frames.iter().map(|&i| NAMES[i]).collect();
-                let labels = Labels {
-                    pid: Some(*pid),
-                    comm: (*pid > 0).then(|| "p".into()),
-                    extra: Vec::new(),
-                };
-                let value = Value { samples: 1, period: *count };
-                profile.add_named(0, labels, &frames, value);
-            }
+            let profile = crate::export::names::fixtures::random(Unit::Events, &NAMES, &stacks_in);
             let mut names = FrameNames::new(&profile, false);
             let tree = CallTree::build(&profile, 0, &mut names);
             let (lines, pruned) = tree.prune(&names, min_width);

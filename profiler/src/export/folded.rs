@@ -273,20 +273,10 @@ mod tests {
     fn written_lines_are_the_stacks_lines() {
         let profile = crate::export::names::fixtures::tricky();
         for per_pid in [false, true] {
-            let mut out = Vec::new();
-            write(&profile, 0, per_pid, &mut out).unwrap();
-            let expected: String = stacks(&profile, 0, per_pid)
-                .into_iter()
-                .map(|(stack, count)| format!("{stack} {count}\n"))
-                .collect();
-            assert_eq!(String::from_utf8(out).unwrap(), expected);
+            let (written, expected) = written_and_expected(&profile, per_pid);
+            assert_eq!(written, expected);
         }
-        let text = String::from_utf8({
-            let mut out = Vec::new();
-            write(&profile, 0, false, &mut out).unwrap();
-            out
-        })
-        .unwrap();
+        let (text, _) = written_and_expected(&profile, false);
         let order: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("app;main;work"))
@@ -295,6 +285,17 @@ mod tests {
         assert!(text.lines().any(|l| l == "[unknown] 70000"), "{text}");
         assert!(text.lines().any(|l| l == "[pid 3];lonely 80000"), "{text}");
         assert!(!text.contains("zero"), "{text}");
+    }
+
+    /// What [`write`] writes for event 0, and the lines [`stacks`] gives.
+    fn written_and_expected(profile: &Profile, per_pid: bool) -> (String, String) {
+        let mut out = Vec::new();
+        write(profile, 0, per_pid, &mut out).unwrap();
+        let expected = stacks(profile, 0, per_pid)
+            .into_iter()
+            .map(|(stack, count)| format!("{stack} {count}\n"))
+            .collect();
+        (String::from_utf8(out).unwrap(), expected)
     }
 
     proptest::proptest! {
@@ -308,28 +309,10 @@ mod tests {
             ),
         ) {
             const NAMES: [&str; 6] = ["a", "a.b", "a;b", "a-", "b", "a b"];
-            let mut profile = Profile {
-                events: vec![EventProfile::new("x".into(), Unit::Events)],
-                ..Profile::default()
-            };
-            for (frames, pid, count) in &stacks_in {
-                let frames: Vec<&str> = frames.iter().map(|&i| NAMES[i]).collect();
-                let labels = Labels {
-                    pid: Some(*pid),
-                    comm: (*pid > 0).then(|| "p".into()),
-                    extra: Vec::new(),
-                };
-                let value = Value { samples: 1, period: *count };
-                profile.add_named(0, labels, &frames, value);
-            }
+            let profile = crate::export::names::fixtures::random(Unit::Events, &NAMES, &stacks_in);
             for per_pid in [false, true] {
-                let mut out = Vec::new();
-                write(&profile, 0, per_pid, &mut out).unwrap();
-                let expected: String = stacks(&profile, 0, per_pid)
-                    .into_iter()
-                    .map(|(stack, count)| format!("{stack} {count}\n"))
-                    .collect();
-                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+                let (written, expected) = written_and_expected(&profile, per_pid);
+                proptest::prop_assert_eq!(written, expected);
             }
         }
     }

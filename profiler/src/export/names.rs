@@ -195,6 +195,25 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// A profile of one event of `unit` from random stacks, each a list of indices into
+    /// `names`, a pid (0: a process without a name, others named `p`) and a period.
+    pub(crate) fn random(unit: Unit, names: &[&str], stacks: &[(Vec<usize>, u32, u64)]) -> Profile {
+        let mut profile = Profile {
+            events: vec![EventProfile::new("x".into(), unit)],
+            ..Profile::default()
+        };
+        for (frames, pid, count) in stacks {
+            let frames: Vec<&str> = frames.iter().map(|&i| names[i]).collect();
+            let labels = labels(*pid, (*pid > 0).then_some("p"));
+            let value = Value {
+                samples: 1,
+                period: *count,
+            };
+            profile.add_named(0, labels, &frames, value);
+        }
+        profile
+    }
+
     /// One cpu-clock event with stacks that share prefixes, kernel frames, inlined
     /// functions, `[unknown]` frames, an empty stack, two processes of one name and one with
     /// none, frames whose names sort before `;` (`work.cold`, `work-2`, `work 3`), distinct

@@ -2,15 +2,16 @@
 //! per-event counters in `stats`.
 //!
 //! Counts and stacks come in two generations (`counts_0`/`stacks_0`, `counts_1`/`stacks_1`);
-//! the programs write the one the `generation` map names. `prof record` uses generation 0
-//! only (generation 1 is sized to one entry). `prof agent` loads both at full size and, at the
-//! end of each window, [flips](BpfProfiler::flip) the generation, then reads and
-//! [clears](BpfProfiler::clear) the one it left.
+//! the programs write the one the `generation` map names. `prof record` and `prof agent` load
+//! both at full size; when a generation may be half full (record) or at the end of each window
+//! (agent) they [flip](BpfProfiler::flip) the generation, then [take](BpfProfiler::take) the
+//! one they left: read and delete it with batch `bpf()` calls. A loader that never flips gets
+//! generation 1 sized to one entry.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 
 use super::abi::{
     GLOBAL_FORKS_UNTRACKED, GLOBAL_ROW, STAT_BLOCKS_SHORT, STAT_BLOCKS_STARTED, STAT_COUNT,
@@ -28,7 +29,7 @@ const BATCH: u32 = 1024;
 /// One of the two generations of the counts and stack maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generation {
-    /// `counts_0` and `stacks_0`: the only one `prof record` uses.
+    /// `counts_0` and `stacks_0`: the one samples go to first.
     First,
     /// `counts_1` and `stacks_1`.
     Second,
@@ -187,17 +188,6 @@ impl BpfProfiler {
         Ok(seen)
     }
 
-    /// Every entry of the counts map (generation 0, the one `prof record` uses).
-    pub fn counts(&self) -> Result<Vec<(SampleKey, SampleValue)>, BpfError> {
-        self.counts_in(Generation::First)
-    }
-
-    /// The stack with `id` in generation 0, innermost frame first; `None` if the id is not
-    /// in the map.
-    pub fn stack(&self, id: u64) -> Result<Option<Vec<u64>>, BpfError> {
-        self.stack_in(Generation::First, id)
-    }
-
     /// The generation samples go to now.
     pub fn generation(&self) -> Generation {
         self.generation
@@ -292,19 +282,6 @@ impl BpfProfiler {
             map: name,
             source,
         })
-    }
-
-    /// The stack with `id` in one generation, innermost frame first; `None` if the id is not
-    /// in the map.
-    pub fn stack_in(&self, generation: Generation, id: u64) -> Result<Option<Vec<u64>>, BpfError> {
-        let name = generation.stacks_map();
-        let stacks: HashMap<&MapData, u64, StackTrace> =
-            HashMap::try_from(self.map(name)).map_err(map_err(name))?;
-        match stacks.get(&id, 0) {
-            Ok(trace) => Ok(Some(frames(&trace).to_vec())),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(BpfError::Map { map: name, source }),
-        }
     }
 
     /// Empties one generation's counts and stack maps. Call it only for the generation that

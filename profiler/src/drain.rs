@@ -6,6 +6,7 @@
 //! instruction pointers, and the kernel's loss counters (cumulative since load).
 
 use rustc_hash::FxHashMap as HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::bpf::{
@@ -110,14 +111,10 @@ impl Accumulated {
                 sample.user.clone(),
                 sample.kernel.clone(),
             );
-            match self.index.get(&key) {
-                Some(&at) => {
-                    let value = &mut self.samples[at].value;
-                    value.samples += sample.value.samples;
-                    value.period += sample.value.period;
-                }
-                None => {
-                    self.index.insert(key, self.samples.len());
+            match self.index.entry(key) {
+                Entry::Occupied(at) => self.samples[*at.get()].value += sample.value,
+                Entry::Vacant(slot) => {
+                    slot.insert(self.samples.len());
                     self.samples.push(sample);
                 }
             }

@@ -436,6 +436,10 @@ impl Drainer {
     /// Everything drained, with the last drain (of the generation being written when
     /// sampling stopped).
     fn finish(mut self, last: drain::Drained) -> drain::Drained {
+        // A recording that never drained has nothing to merge the last generation with.
+        if self.drains == 0 {
+            return last;
+        }
         let stats = last.stats.clone();
         self.accumulated.add(last);
         self.accumulated.finish(stats)
